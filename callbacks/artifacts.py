@@ -1,0 +1,69 @@
+"""Artifacts of a run: the completions table of every evaluation and the trained adapter, logged to MLflow."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import lightning as L
+from lightning.pytorch.loggers import MLFlowLogger
+
+log = logging.getLogger(__name__)
+
+
+def _mlflow(trainer: L.Trainer) -> MLFlowLogger | None:
+    return next((lg for lg in trainer.loggers if isinstance(lg, MLFlowLogger)), None)
+
+
+class CompletionsTable(L.Callback):
+    """Logs the completions of each validation/test pass (id, completion, parsed polarity/score, label) as an MLflow
+    table artifact `completions/<stage>_<dataset>_step<N>.json`; rank 0 logs its own share of the clips.
+
+    Args:
+        max_rows: most rows per table (the first clips of the split).
+    """
+
+    def __init__(self, max_rows: int = 200):
+        self.max_rows = max_rows
+
+    def _log(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        logger = _mlflow(trainer)
+        evaluator = getattr(pl_module, "evaluator", None)
+        if logger is None or evaluator is None or not evaluator.rows or trainer.sanity_checking:
+            return
+        if trainer.global_rank != 0:
+            return
+        rows = evaluator.rows[: self.max_rows]
+        table = {key: [row[key] for row in rows] for key in rows[0]}
+        name = f"completions/{stage}_{pl_module.eval_dataset}_step{trainer.global_step:06d}.json"
+        logger.experiment.log_table(logger.run_id, data=table, artifact_file=name)
+
+    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._log(trainer, pl_module, "val")
+
+    def on_test_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._log(trainer, pl_module, "test")
+
+
+class ExportAdapter(L.Callback):
+    """At the end of fit, writes the LoRA adapter in peft format to `<default_root_dir>/<dirname>` and logs it to
+    MLflow as the `adapter` artifact directory.
+
+    Args:
+        dirname: directory name under the trainer's default_root_dir.
+    """
+
+    def __init__(self, dirname: str = "adapter"):
+        self.dirname = dirname
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if getattr(pl_module.hparams.get("policy"), "lora", None) is None:
+            return
+        directory = Path(trainer.default_root_dir) / self.dirname
+        if trainer.is_global_zero:
+            pl_module.save_adapter(directory)
+            log.info("adapter written to %s", directory)
+            logger = _mlflow(trainer)
+            if logger is not None:
+                logger.experiment.log_artifacts(logger.run_id, str(directory), artifact_path="adapter")
+        trainer.strategy.barrier()

@@ -1,0 +1,111 @@
+"""Building the trainable thinker: LoRA (peft), 4-bit base (bitsandbytes), frozen towers, gradient checkpointing.
+
+Shared by the SFT and Hint-GRPO modules (composition, not a base class): each module calls `build_policy` from its
+`configure_model`, so FSDP2 can shard the result.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+LANGUAGE_MODEL_LORA_TARGETS = (
+    r"model\.language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
+)
+"""LoRA targets: the language model's attention and MLP projections only. The plain name "q_proj" would also hit
+the audio tower's attention."""
+
+
+@dataclass(frozen=True)
+class LoraOptions:
+    """LoRA adapter settings (peft.LoraConfig)."""
+
+    r: int = 16
+    """Rank of the update matrices."""
+    alpha: int = 32
+    """Scaling numerator: the update is scaled by alpha / r."""
+    dropout: float = 0.05
+    """Dropout on the LoRA input."""
+    target_modules: str = LANGUAGE_MODEL_LORA_TARGETS
+    """Regex (full match on module names) of the linear layers that get an adapter."""
+    modules_to_save: tuple[str, ...] = ()
+    """Modules trained in full next to the adapter and saved with it (e.g. lm_head, embed_tokens: useful for a
+    random-init model, or after adding tokens)."""
+
+
+@dataclass(frozen=True)
+class PolicyOptions:
+    """How the thinker is loaded and which of its parameters train."""
+
+    model_path: str = "tiny"
+    """Checkpoint: local path, hub id, or a tiny alias (tiny, tiny-small, tiny-qwen)."""
+    lora: LoraOptions | None = LoraOptions()
+    """LoRA settings; null trains the unfrozen weights in full."""
+    adapter_path: str | None = None
+    """A saved peft adapter to start from (e.g. the SFT stage's output); trained further."""
+    quantization: Literal["none", "nf4", "fp4"] = "none"
+    """4-bit base weights (QLoRA) for the language model's linear layers; needs LoRA."""
+    dtype: str = "float32"
+    """Weight dtype (float32, bfloat16, float16)."""
+    freeze_audio_tower: bool = True
+    """Keep the audio encoder frozen (only matters without LoRA: LoRA freezes the base anyway)."""
+    freeze_vision_tower: bool = True
+    """Keep the vision encoder frozen (only matters without LoRA)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory."""
+    attn_implementation: str | None = None
+    """Attention kernel (sdpa, eager, flash_attention_2); None lets transformers choose."""
+
+
+def validate_policy_options(options: PolicyOptions) -> None:
+    if options.quantization != "none" and options.lora is None:
+        raise ValueError("quantization (4-bit base) needs LoRA: the quantized weights cannot be trained in full")
+    if options.adapter_path is not None and options.lora is None:
+        raise ValueError("adapter_path needs LoRA (set model.init_args.policy.lora)")
+
+
+def build_policy(options: PolicyOptions):
+    """Load the thinker and make it trainable as configured; returns (model, processor)."""
+    from msathinker.modeling import load_thinker
+
+    validate_policy_options(options)
+    model, processor = load_thinker(
+        options.model_path,
+        dtype=options.dtype,
+        quantization=options.quantization,
+        attn_implementation=options.attn_implementation,
+    )
+    if options.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if options.quantization != "none":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=options.gradient_checkpointing)
+    if options.lora is None:
+        for name, param in model.named_parameters():
+            frozen = (options.freeze_audio_tower and ".audio_tower." in name) or (
+                options.freeze_vision_tower and ".visual." in name
+            )
+            param.requires_grad_(not frozen)
+        return model, processor
+    from peft import LoraConfig, PeftModel, get_peft_model
+
+    if options.adapter_path is not None:
+        from pathlib import Path
+
+        if not (Path(options.adapter_path) / "adapter_config.json").is_file():
+            raise FileNotFoundError(f"adapter_path {options.adapter_path!r}: no adapter_config.json there")
+        model = PeftModel.from_pretrained(model, options.adapter_path, is_trainable=True)
+    else:
+        lora = options.lora
+        config = LoraConfig(
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=lora.target_modules,
+            modules_to_save=list(lora.modules_to_save) or None,
+            task_type="CAUSAL_LM",
+        )
+        model = get_peft_model(model, config)
+    return model, processor

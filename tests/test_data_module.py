@@ -1,0 +1,263 @@
+"""MSADataModule on the demo data: batches, labels masking, modalities, the media cache and every bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from data_modules import DataError, MSADataModule
+from msathinker.demo_data import LABEL_COLUMNS, write_mp4
+from msathinker.media import decode_clip
+
+
+def make_dm(tiny_model: str, media_cache: str, **kwargs) -> MSADataModule:
+    defaults = {"processor_path": tiny_model, "media_cache_dir": media_cache, "max_clips": 6, "batch_size": 3}
+    return MSADataModule(**{**defaults, **kwargs})
+
+
+def first_batch(dm: MSADataModule, stage: str = "fit", loader: str = "train_dataloader") -> dict:
+    dm.setup(stage)
+    return next(iter(getattr(dm, loader)()))
+
+
+def count(ids: torch.Tensor, token_id: int) -> int:
+    return int((ids == token_id).sum())
+
+
+def test_batch_matches_stock_processor(tiny_model, media_cache):
+    """Placeholder counts per clip equal what the stock processor gives for the same decoded clip."""
+    dm = make_dm(tiny_model, media_cache)
+    batch = first_batch(dm, "validate", "val_dataloader")
+    inputs, meta = batch["inputs"], batch["meta"]
+    assert inputs["input_ids"].shape[0] == 3 and len(meta["id"]) == 3
+    assert meta["label"].dtype == torch.float32 and all("$_$" in i for i in meta["id"])
+    assert inputs["video_grid_thw"].shape == (3, 3) and inputs["feature_attention_mask"].shape[0] == 3
+    processor = dm.collator.processor
+    tok = processor.tokenizer
+    for row, item in enumerate(dm.datasets["valid"][i] for i in range(3)):
+        alone = processor(
+            text=dm.collator.prompts([item]),
+            videos=[item["frames"]],
+            audio=[item["audio"]],
+            videos_kwargs=dm.collator.videos_kwargs,
+            return_tensors="pt",
+        )
+        for token in ("<|AUDIO|>", "<|VIDEO|>"):
+            token_id = tok.convert_tokens_to_ids(token)
+            assert count(inputs["input_ids"][row], token_id) == count(alone["input_ids"][0], token_id) > 0
+        assert torch.equal(inputs["video_grid_thw"][row], alone["video_grid_thw"][0])
+
+
+def test_targets_mask_everything_but_the_assistant_turn(tiny_model, media_cache, tmp_path, demo_mosi):
+    ids = []
+    with open(demo_mosi / "label.csv", encoding="utf-8") as f:
+        ids = [f"{r['video_id']}$_${r['clip_id']}" for r in csv.DictReader(f) if r["mode"] == "train"][:6]
+    targets = tmp_path / "targets.jsonl"
+    records = [{"id": i, "completion": f"<think>\nclip {n}\n</think>\n<answer>{n}</answer>"} for n, i in enumerate(ids)]
+    records.append({"id": "unused", "completion": "x", "kept": False})
+    targets.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    dm = make_dm(tiny_model, media_cache, targets=str(targets))
+    batch = first_batch(dm)
+    labels, input_ids = batch["inputs"]["labels"], batch["inputs"]["input_ids"]
+    tok = dm.collator.processor.tokenizer
+    by_id = {r["id"]: r["completion"] for r in records}
+    for row, clip in enumerate(batch["meta"]["id"]):
+        kept = labels[row][labels[row] != -100]
+        assert tok.decode(kept) == by_id[clip] + "<|im_end|>"
+        assert torch.equal(kept, input_ids[row][labels[row] != -100])
+
+
+def test_rule_based_targets(tiny_model, media_cache):
+    from msathinker.dc_format import parse_completion
+
+    dm = make_dm(tiny_model, media_cache, targets="rules")
+    batch = first_batch(dm)
+    tok = dm.collator.processor.tokenizer
+    for row in range(3):
+        kept = batch["inputs"]["labels"][row]
+        text = tok.decode(kept[kept != -100], skip_special_tokens=True)
+        parsed = parse_completion(text)
+        assert parsed.valid and parsed.score == pytest.approx(float(batch["meta"]["label"][row]))
+
+
+@pytest.mark.parametrize(
+    ("modalities", "has_video", "has_audio", "has_transcript"),
+    [(["text"], False, False, True), (["text", "audio"], False, True, True), (["audio", "video"], True, True, False)],
+)
+def test_modalities(tiny_model, media_cache, modalities, has_video, has_audio, has_transcript):
+    dm = make_dm(tiny_model, media_cache, modalities=modalities)
+    batch = first_batch(dm, "validate", "val_dataloader")
+    inputs = batch["inputs"]
+    assert ("pixel_values_videos" in inputs) == has_video
+    assert ("input_features" in inputs) == has_audio
+    text = dm.collator.processor.tokenizer.decode(inputs["input_ids"][0])
+    assert ("Transcript:" in text) == has_transcript
+
+
+def test_use_audio_in_video_interleaves_and_runs(tiny_model, media_cache):
+    from msathinker.modeling import load_thinker
+
+    dm = make_dm(tiny_model, media_cache, use_audio_in_video=True)
+    inputs = first_batch(dm, "validate", "val_dataloader")["inputs"]
+    tok = dm.collator.processor.tokenizer
+    text = tok.decode(inputs["input_ids"][-1])
+    assert "<|vision_bos|><|audio_bos|>" in text and inputs["use_audio_in_video"] is True
+    model, _ = load_thinker(tiny_model)
+    with torch.no_grad():
+        out = model(**inputs)
+    assert torch.isfinite(out.logits).all()
+
+
+def test_media_is_decoded_once(tiny_model, media_cache, monkeypatch):
+    import data_modules.msa as msa
+
+    calls = []
+    real = msa.decode_clip
+
+    def counting(*args, **kwargs):
+        calls.append(args[0])
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(msa, "decode_clip", counting)
+    dm = make_dm(tiny_model, media_cache)
+    dm.setup("validate")
+    for _ in range(2):  # two epochs
+        list(dm.val_dataloader())
+    make_dm(tiny_model, media_cache).setup("validate")  # a second run reuses the cache
+    assert len(calls) == 6 and len(set(calls)) == 6
+
+
+# --- bad input -------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def dataset_copy(tmp_path, demo_mosi):
+    """A writable 6-clip copy of the demo (4 train, 2 valid) whose label.csv and files tests can break."""
+    root = tmp_path / "data"
+    with open(demo_mosi / "label.csv", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    rows = [r for r in rows if r["mode"] == "train"][:4] + [r for r in rows if r["mode"] == "valid"][:2]
+    for r in rows:
+        (root / "Raw" / r["video_id"]).mkdir(parents=True, exist_ok=True)
+        src = demo_mosi / "Raw" / r["video_id"] / f"{r['clip_id']}.mp4"
+        shutil.copy(src, root / "Raw" / r["video_id"] / f"{r['clip_id']}.mp4")
+    write_table(root, rows)
+    return root, rows
+
+
+def write_table(root: Path, rows: list[dict], columns: list[str] = LABEL_COLUMNS) -> None:
+    with open(root / "label.csv", "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def clip_path(root: Path, row: dict) -> Path:
+    return root / "Raw" / row["video_id"] / f"{row['clip_id']}.mp4"
+
+
+def no_audio(root, rows):
+    clip = decode_clip(clip_path(root, rows[1]), audio=False)
+    write_mp4(clip_path(root, rows[1]), clip.frames, 2, None, 16000)
+    return "no audio track"
+
+
+def no_frame(root, rows):
+    write_mp4(clip_path(root, rows[1]), np.zeros((0, 48, 64, 3), np.uint8), 10, np.zeros(8000, np.float32), 16000)
+    return "no decodable video frame"
+
+
+def corrupt(root, rows):
+    clip_path(root, rows[1]).write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40)
+    return "cannot open as a media file"
+
+
+def missing(root, rows):
+    clip_path(root, rows[1]).unlink()
+    return "file not found"
+
+
+def label_out_of_scale(root, rows):
+    rows[1]["label"] = "3.4"
+    write_table(root, rows)
+    return "outside the mosei scale"
+
+
+def duplicate_id(root, rows):
+    write_table(root, [*rows, dict(rows[1])])
+    return "duplicate id"
+
+
+def escaping_id(root, rows):
+    rows[1]["video_id"] = "../../outside"
+    write_table(root, rows)
+    return "outside the dataset's Raw/ directory"
+
+
+BAD_CLIPS = [missing, corrupt, no_audio, no_frame, label_out_of_scale, duplicate_id, escaping_id]
+
+
+@pytest.mark.parametrize("breaker", BAD_CLIPS, ids=lambda f: f.__name__)
+def test_bad_clip_errors_name_the_clip(tiny_model, media_cache, dataset_copy, breaker):
+    root, rows = dataset_copy
+    problem = breaker(root, rows)
+    dm = make_dm(tiny_model, media_cache, dataset="mosi", data_root=str(root))
+    with pytest.raises(DataError) as info:
+        dm.setup("fit")
+    message = str(info.value)
+    assert problem in message
+    assert rows[1]["clip_id"] in message and rows[1]["video_id"] in message
+
+
+@pytest.mark.parametrize("breaker", BAD_CLIPS, ids=lambda f: f.__name__)
+def test_bad_clip_skipped_with_warning_and_count(tiny_model, media_cache, dataset_copy, breaker, caplog):
+    root, rows = dataset_copy
+    problem = breaker(root, rows)
+    dm = make_dm(tiny_model, media_cache, dataset="mosi", data_root=str(root), on_bad_clip="skip")
+    with caplog.at_level(logging.WARNING):
+        dm.setup("fit")
+    assert len(dm.datasets["train"]) == 3 and dm.skipped["train"] == 1
+    assert any(problem in r.getMessage() for r in caplog.records)
+    assert any("1 clip(s) skipped" in r.getMessage() for r in caplog.records)
+    bad_id = f"{rows[1]['video_id']}$_${rows[1]['clip_id']}"
+    assert all(r.id != bad_id for r in dm.datasets["train"].records)
+
+
+def test_missing_column(tiny_model, media_cache, dataset_copy):
+    root, rows = dataset_copy
+    write_table(root, rows, [c for c in LABEL_COLUMNS if c != "label"])
+    with pytest.raises(DataError, match=r"label\.csv: missing column\(s\) label"):
+        make_dm(tiny_model, media_cache, dataset="mosi", data_root=str(root), on_bad_clip="skip").setup("fit")
+
+
+def test_empty_split(tiny_model, media_cache, dataset_copy):
+    root, rows = dataset_copy
+    with pytest.raises(DataError, match=r"split 'test' has no clips \(modes present: \['train', 'valid'\]\)"):
+        make_dm(tiny_model, media_cache, dataset="mosi", data_root=str(root)).setup("test")
+
+
+def test_bad_targets_file(tiny_model, media_cache, tmp_path):
+    bad = tmp_path / "t.jsonl"
+    bad.write_text('{"id": "a", "completion": "x"}\n{"id": broken\n')
+    with pytest.raises(DataError, match=r"t\.jsonl:2: not valid JSON"):
+        make_dm(tiny_model, media_cache, targets=str(bad)).setup("fit")
+
+
+def test_ids_are_strings_with_leading_zeros(tiny_model, media_cache):
+    dm = make_dm(tiny_model, media_cache, dataset="demo_sims")
+    dm.setup("validate")
+    record = dm.datasets["valid"].records[0]
+    assert record.clip_id.startswith("0") and len(record.clip_id) == 4
+    assert dm.scale.name == "sims"
+
+
+def test_real_dataset_needs_root():
+    with pytest.raises(ValueError, match="needs data_root"):
+        MSADataModule(dataset="mosei")
