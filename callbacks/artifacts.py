@@ -57,7 +57,7 @@ class ExportAdapter(L.Callback):
         self.dirname = dirname
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if getattr(pl_module.hparams.get("policy"), "lora", None) is None:
+        if not getattr(pl_module, "has_adapter", False):
             return
         directory = Path(trainer.default_root_dir) / self.dirname
         if trainer.is_global_zero:

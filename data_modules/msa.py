@@ -456,7 +456,8 @@ class MSADataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         """Decode and cache every clip once (local rank 0 only), so setup() on every rank just reads the cache."""
         if self.hparams.cache_media:
-            self.setup(None)
+            stage = self.trainer.state.fn.value if self.trainer is not None and self.trainer.state.fn else None
+            self.setup(stage)
 
     def setup(self, stage: str | None = None) -> None:
         from msathinker.modeling import load_processor
@@ -546,6 +547,7 @@ class MSADataModule(L.LightningDataModule):
             self.datasets[split],
             batch_size=batch_size,
             sampler=sampler,
+            generator=torch.Generator().manual_seed(self.hparams.seed),  # keeps the global RNG untouched by iter()
             collate_fn=self.collator,
             num_workers=workers,
             persistent_workers=workers > 0,
@@ -556,10 +558,10 @@ class MSADataModule(L.LightningDataModule):
         if split not in self.datasets:
             self.setup("fit")
         epoch, skip = 0, 0
-        trainer = getattr(self, "_trainer", None)
+        trainer = self.trainer
         if trainer is not None:  # after a restore, the loop state says how far into the epoch the run had got
             epoch = trainer.current_epoch
-            skip = trainer.fit_loop.epoch_loop.batch_progress.current.completed * batch_size * trainer.world_size
+            skip = trainer.fit_loop.epoch_loop.batch_progress.current.processed * batch_size * trainer.world_size
         sampler = EpochSeededSampler(len(self.datasets[split]), self.hparams.seed, epoch, skip)
         return self._loader(split, batch_size, sampler)
 

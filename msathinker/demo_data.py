@@ -128,7 +128,11 @@ class DemoClip:
 def transcript_corpus(domain: DemoDomain) -> list[str]:
     """Every transcript the domain can produce (the small tokenizer is trained on these)."""
     return [
-        t.format(noun=n, word=w) for t in domain.templates for n in domain.nouns for ws in domain.words.values() for w in ws
+        t.format(noun=n, word=w)
+        for t in domain.templates
+        for n in domain.nouns
+        for ws in domain.words.values()
+        for w in ws
     ]
 
 

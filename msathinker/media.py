@@ -83,6 +83,17 @@ def decode_clip(
     return DecodedClip(frames=frames, audio=waveform, fps=fps)
 
 
+def _decodable(container, stream):
+    """The frames of `stream`, passing over packets the decoder rejects (a few corrupt packets are survivable)."""
+    import av
+
+    for packet in container.demux(stream):
+        try:
+            yield from packet.decode()
+        except av.error.FFmpegError:
+            continue
+
+
 def _decode_frames(container, fps: float, min_frames: int, max_frames: int, max_pixels: int) -> np.ndarray:
     """Stream-decode and keep only the sampled frames, so long videos never sit in memory whole."""
     stream = container.streams.video[0]
@@ -98,7 +109,7 @@ def _decode_frames(container, fps: float, min_frames: int, max_frames: int, max_
     picked: list[np.ndarray] = []
     size = None
     last = None
-    for frame in container.decode(stream):
+    for frame in _decodable(container, stream):
         if size is None:
             size = _target_size(frame.width, frame.height, max_pixels)
         last = frame
@@ -118,7 +129,7 @@ def _decode_audio(container) -> np.ndarray:
 
     stream = container.streams.audio[0]
     resampler = av.AudioResampler(format="flt", layout="mono", rate=SAMPLE_RATE)
-    chunks = [out.to_ndarray()[0] for frame in container.decode(stream) for out in resampler.resample(frame)]
+    chunks = [out.to_ndarray()[0] for frame in _decodable(container, stream) for out in resampler.resample(frame)]
     chunks += [out.to_ndarray()[0] for out in resampler.resample(None)]
     waveform = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     if stream.duration is not None and stream.time_base is not None:

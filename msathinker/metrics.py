@@ -25,8 +25,9 @@ Scale "sims" (SIMS / SIMS v2, labels in [-1, 1]):
 Where we differ from MMSA (on purpose):
 
 - No rounding to 4 decimals; values are returned as python floats.
-- ``Corr`` is 0.0 when p or t is constant (MMSA: NaN from ``np.corrcoef``, with a RuntimeWarning); for "sims" the
-  check is on the clipped values. A single sample is constant.
+- ``Corr`` is 0.0 when p or t is constant (MMSA: NaN from ``np.corrcoef`` with a RuntimeWarning or, when the mean of
+  a constant array is not exactly that constant, rounding noise such as -7.9e-17); for "sims" the check is on the
+  clipped values. A single sample is constant.
 - ``Non0_acc_2`` and ``Non0_F1_score`` are 0.0 when every label is exactly 0 (MMSA crashes with an IndexError).
 - Empty input, different lengths and non-finite values raise ValueError. Unparseable LLM outputs are not this module's
   business: the caller scores them with its parse-failure policy before calling us.
@@ -274,9 +275,10 @@ class MSAMetric(Metric):
 
     def compute(self) -> dict[str, Tensor]:
         """`msa_metrics` over every sample seen (all ranks); ValueError if there is none."""
-        preds = dim_zero_cat(self.preds) if not isinstance(self.preds, list) or self.preds else None
-        labels = dim_zero_cat(self.labels) if not isinstance(self.labels, list) or self.labels else None
-        if preds is None or labels is None or preds.numel() == 0:
+        if isinstance(self.preds, list) and not self.preds:
+            raise ValueError("MSAMetric.compute() called with no samples; call update() first")
+        preds, labels = dim_zero_cat(self.preds), dim_zero_cat(self.labels)
+        if preds.numel() == 0:  # after a DDP sync in which no rank had data
             raise ValueError("MSAMetric.compute() called with no samples; call update() first")
         results = msa_metrics(preds, labels, self.scale)
         return {key: torch.tensor(value, dtype=self.dtype, device=self.device) for key, value in results.items()}

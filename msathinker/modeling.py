@@ -1,7 +1,7 @@
 """One way to load a model for every stage: the thinker (text-out part) of a Qwen2.5-Omni / Qwen3-Omni checkpoint.
 
-Accepts a full omni checkpoint (thinker + talker + token2wav; only the thinker is built and loaded, the talker weights
-are skipped) or a thinker-only checkpoint, from a local path, a hub id or a tiny alias ("tiny", "tiny-small",
+Accepts a full omni checkpoint (thinker + talker + token2wav; only the thinker is built, and only its weights are
+read) or a thinker-only checkpoint, from a local path, a hub id or a tiny alias ("tiny", "tiny-small",
 "tiny-qwen"; see msathinker.assets). The tiny checkpoints load through exactly this code.
 """
 
@@ -12,11 +12,11 @@ from typing import Literal
 
 Quantization = Literal["none", "nf4", "fp4"]
 
-# model_type -> (class name to load, whether the checkpoint is a full omni model whose `.thinker` we keep)
+# model_type -> (thinker class, whether the checkpoint is a full omni model holding the thinker under `thinker.`)
 _MODEL_CLASSES = {
-    "qwen2_5_omni": ("Qwen2_5OmniForConditionalGeneration", True),
+    "qwen2_5_omni": ("Qwen2_5OmniThinkerForConditionalGeneration", True),
     "qwen2_5_omni_thinker": ("Qwen2_5OmniThinkerForConditionalGeneration", False),
-    "qwen3_omni_moe": ("Qwen3OmniMoeForConditionalGeneration", True),
+    "qwen3_omni_moe": ("Qwen3OmniMoeThinkerForConditionalGeneration", True),
     "qwen3_omni_moe_thinker": ("Qwen3OmniMoeThinkerForConditionalGeneration", False),
 }
 
@@ -86,8 +86,8 @@ def load_thinker(
         kwargs["device_map"] = device_map or ("cuda" if torch.cuda.is_available() else "cpu")
     elif device_map is not None:
         kwargs["device_map"] = device_map
-    if is_full:
-        config.enable_audio_output = False  # build the thinker only; talker weights are skipped as unexpected
-        kwargs["config"] = config
+    if is_full:  # load the thinker's weights only: talker and token2wav are never read
+        kwargs["config"] = config.thinker_config
+        kwargs["key_mapping"] = {r"^thinker\.": ""}
     model = getattr(transformers, class_name).from_pretrained(path, **kwargs)
-    return (model.thinker if is_full else model), load_processor(path)
+    return model, load_processor(path)

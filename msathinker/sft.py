@@ -7,15 +7,14 @@ under `<stage>/<dataset>/<metric>`.
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
-import numpy as np
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
+from msathinker.checkpoints import restore_rng_states, save_trainable
 from msathinker.evaluation import CompletionEvaluator, GenerationOptions, generate_completions
 from msathinker.policy import PolicyOptions, build_policy, validate_policy_options
 
@@ -63,6 +62,7 @@ class SFTModule(L.LightningModule):
     def configure_model(self) -> None:
         if self.model is None:
             self.model, self.processor = build_policy(self.policy)
+            self.model.train()
 
     # --- training -----------------------------------------------------------------------------------------------
 
@@ -82,7 +82,10 @@ class SFTModule(L.LightningModule):
         optimizer = self.optimizer_factory(params)
         if self.scheduler_factory is None:
             return optimizer
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}}
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": self.scheduler_factory(optimizer), "interval": "step"},
+        }
 
     # --- evaluation ---------------------------------------------------------------------------------------------
 
@@ -131,20 +134,15 @@ class SFTModule(L.LightningModule):
     # --- checkpoints and export ---------------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
-        checkpoint["rng_states"] = {
-            "torch": torch.get_rng_state(),
-            "numpy": np.random.get_state(),
-            "python": random.getstate(),
-        }
+        save_trainable(self.model, checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        states = checkpoint.get("rng_states")
-        if states is not None:
-            torch.set_rng_state(states["torch"])
-            np.random.set_state(states["numpy"])
-            random.setstate(states["python"])
+        if "rng_states" in checkpoint:
+            restore_rng_states(checkpoint["rng_states"])
+
+    @property
+    def has_adapter(self) -> bool:
+        return self.policy.lora is not None
 
     def save_adapter(self, directory: str | Path) -> Path:
         """Write the LoRA adapter in peft format (adapter_config.json + adapter_model.safetensors)."""

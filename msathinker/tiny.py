@@ -76,7 +76,9 @@ class ModelPreset:
 
 
 PRESETS: dict[str, ModelPreset] = {
-    "tiny": ModelPreset(64, 2, 4, 2, 128, (2, 3, 3), audio_d_model=32, audio_layers=2, vision_hidden=32, vision_depth=2),
+    "tiny": ModelPreset(
+        64, 2, 4, 2, 128, (2, 3, 3), audio_d_model=32, audio_layers=2, vision_hidden=32, vision_depth=2
+    ),
     "small": ModelPreset(
         256, 4, 8, 4, 704, (4, 6, 6), audio_d_model=64, audio_layers=2, vision_hidden=64, vision_depth=2
     ),

@@ -29,7 +29,10 @@ def test_tiny_checkpoint_loads_with_plain_transformers(tmp_path):
     prompt = processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "text", "text": "hi"}]}], add_generation_prompt=True, tokenize=False
     )
-    assert prompt == "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    assert (
+        prompt
+        == "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+    )
 
 
 def test_qwen_vocabulary_has_the_real_ids(tmp_path):
