@@ -43,4 +43,30 @@ def demo_data(out_dir: str, domain: Literal["demo_mosi", "demo_sims"] = "demo_mo
     print(f"wrote {domain} to {path}")
 
 
-COMMANDS = {"tiny-checkpoint": tiny_checkpoint, "demo-data": demo_data}
+def export_merged(adapter_path: str, out_dir: str, model_path: str | None = None) -> None:
+    """Merge a LoRA adapter into its base thinker and save a plain HF checkpoint with the processor.
+
+    Args:
+        adapter_path: directory of the peft adapter (adapter_config.json + adapter_model.safetensors).
+        out_dir: where the merged checkpoint goes (loadable with from_pretrained, no peft needed).
+        model_path: the base checkpoint; default: the adapter's base_model_name_or_path.
+    """
+    import json
+    from pathlib import Path
+
+    from peft import PeftModel
+
+    from msathinker.modeling import load_thinker
+
+    config_file = Path(adapter_path) / "adapter_config.json"
+    if not config_file.is_file():
+        raise SystemExit(f"export-merged: {adapter_path}: no adapter_config.json there")
+    base = model_path or json.loads(config_file.read_text())["base_model_name_or_path"]
+    model, processor = load_thinker(base)
+    merged = PeftModel.from_pretrained(model, adapter_path).merge_and_unload()
+    merged.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    print(f"merged {adapter_path} into {base}; wrote {out_dir}")
+
+
+COMMANDS = {"tiny-checkpoint": tiny_checkpoint, "demo-data": demo_data, "export-merged": export_merged}

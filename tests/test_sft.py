@@ -180,3 +180,19 @@ def test_cli_fit_logs_params_metrics_and_completions_to_mlflow(tiny_model, tmp_p
     tables = [a.path for a in client.list_artifacts(run.run_id, "completions")]
     assert tables and tables[0].startswith("completions/val_demo_mosi_step")
     assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
+
+
+def test_export_merged_reproduces_the_adapter_logits(tiny_model, tmp_path):
+    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+
+    dm = datamodule(tiny_model, tmp_path)
+    sft = module(tiny_model)
+    trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(sft, datamodule=dm)
+    adapter = sft.save_adapter(tmp_path / "adapter")
+    result = cli("export-merged", str(adapter), str(tmp_path / "merged"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    merged = Qwen2_5OmniThinkerForConditionalGeneration.from_pretrained(tmp_path / "merged").eval()
+    batch = next(iter(dm.val_dataloader()))["inputs"]
+    sft.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(merged(**batch).logits, sft.model(**batch).logits, rtol=1e-4, atol=1e-4)
