@@ -1,0 +1,124 @@
+"""What the SFT and Hint-GRPO LightningModules share: building the policy in configure_model (so FSDP2 can shard
+it), generation-based validation/test/predict with MMSA metrics, lean checkpoints, and the adapter export.
+
+Each stage subclasses it and adds its own training_step; nothing else is overridden.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning as L
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+
+from msathinker.checkpoints import restore_rng_states, save_trainable
+from msathinker.evaluation import CompletionEvaluator, GenerationOptions, generate_completions
+from msathinker.policy import PolicyOptions, build_policy, validate_policy_options
+
+
+class OmniPolicyModule(L.LightningModule):
+    """A thinker with its processor, trained by a subclass and evaluated by generating and parsing completions."""
+
+    def __init__(
+        self,
+        policy: PolicyOptions,
+        optimizer: OptimizerCallable,
+        scheduler: LRSchedulerCallable | None,
+        generation: GenerationOptions,
+        output_format: Literal["dc", "plain"],
+        unparsed_score: float,
+        prediction_scale: Literal["mosei", "sims"] | None,
+    ):
+        super().__init__()
+        validate_policy_options(policy)
+        self.policy = policy
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.generation = generation
+        self.output_format = output_format
+        self.unparsed_score = unparsed_score
+        self.prediction_scale = prediction_scale
+        self.model = None
+        self.processor = None
+        self.evaluator: CompletionEvaluator | None = None
+        self.eval_dataset: str | None = None
+        self.strict_loading = False  # checkpoints hold the trainable weights only
+
+    def configure_model(self) -> None:
+        if self.model is None:
+            self.model, self.processor = build_policy(self.policy)
+            self.model.train()
+
+    def configure_optimizers(self):
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return optimizer
+        scheduler = {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}
+        return {"optimizer": optimizer, "lr_scheduler": scheduler}
+
+    # --- evaluation ---------------------------------------------------------------------------------------------
+
+    def _start_eval(self) -> None:
+        datamodule = self.trainer.datamodule
+        self.evaluator = CompletionEvaluator(
+            datamodule.scale, self.output_format, self.unparsed_score, self.prediction_scale
+        ).to(self.device)
+        self.eval_dataset = datamodule.hparams.dataset
+
+    def _eval_step(self, batch: dict[str, Any]) -> None:
+        completions = generate_completions(self.model, self.processor, batch["inputs"], self.generation)
+        self.evaluator.update(batch["meta"]["id"], completions, batch["meta"]["label"])
+
+    def _end_eval(self, stage: str) -> None:
+        metrics = self.evaluator.compute()
+        self.log_dict({f"{stage}/{self.eval_dataset}/{k}": v for k, v in metrics.items()})
+
+    def on_validation_epoch_start(self) -> None:
+        self._start_eval()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._end_eval("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._start_eval()
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch)
+
+    def on_test_epoch_end(self) -> None:
+        self._end_eval("test")
+
+    def on_predict_epoch_start(self) -> None:
+        self._start_eval()
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> list[dict[str, Any]]:
+        before = len(self.evaluator.rows)
+        self._eval_step(batch)
+        return self.evaluator.rows[before:]
+
+    # --- checkpoints and export ---------------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        save_trainable(self.model, checkpoint)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "rng_states" in checkpoint:
+            restore_rng_states(checkpoint["rng_states"])
+
+    @property
+    def has_adapter(self) -> bool:
+        return self.policy.lora is not None
+
+    def save_adapter(self, directory: str | Path) -> Path:
+        """Write the LoRA adapter in peft format (adapter_config.json + adapter_model.safetensors)."""
+        if not self.has_adapter:
+            raise ValueError("no LoRA adapter to save: this run trains the full model (policy.lora is null)")
+        directory = Path(directory)
+        self.model.save_pretrained(directory, selected_adapters=["default"])
+        return directory
