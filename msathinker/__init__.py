@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from importlib import import_module
 
-_LAZY = {"SFTModule": "msathinker.sft"}
+_LAZY = {"SFTModule": "msathinker.sft", "HintGRPOModule": "msathinker.hint_grpo"}
 
 __all__ = list(_LAZY)
 

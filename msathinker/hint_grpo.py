@@ -1,0 +1,392 @@
+"""Stage 2: Hint-GRPO (method.md section 5).
+
+Per step: encode each prompt's media once; sample G completions per prompt; score them with the reward plug-ins;
+let the hint strategy pick the groups that get the label's polarity as a hint (by default the hard ones: no
+completion found the right polarity) and regenerate them from the hinted prompt; compute TRL-exact advantages and
+the clipped policy loss (msathinker.grpo) over the completion tokens only (hint tokens are prompt); update
+`num_iterations` times. Rewards and hints are plug-ins from the `callbacks` package; this module hard-codes none.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+
+from callbacks.hints import HintStrategy, PolarityHint
+from callbacks.rewards import Reward, RewardInput, compute_rewards, default_rewards
+from msathinker.dc_format import parse_completion, polarity_of
+from msathinker.evaluation import GenerationOptions
+from msathinker.grpo import LossType, RewardScale, group_advantages, group_reward_std, masked_mean, policy_loss
+from msathinker.module import OmniPolicyModule
+from msathinker.policy import PolicyOptions
+from msathinker.rollout import Row, completion_logprobs, sample, split_prompt_media, unpadded_prompts
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class GRPOOptions:
+    """GRPO settings; defaults follow TRL's GRPOConfig so runs are comparable."""
+
+    num_generations: int = 8
+    """G, completions sampled per prompt (>= 2). Prompts per step = the DataModule's batch_size."""
+    max_completion_length: int = 256
+    """Most tokens sampled per completion; also the dr_grpo normaliser."""
+    temperature: float = 1.0
+    """Sampling temperature; log-probs are computed from logits divided by it."""
+    top_p: float = 1.0
+    """Nucleus sampling mass."""
+    loss_type: LossType = "dapo"
+    """Aggregation: grpo (per-sequence mean), bnpo (token mean per micro-batch), dr_grpo (sum / (B * L)), dapo
+    (token sum / active tokens of the whole generation batch)."""
+    scale_rewards: RewardScale = "group"
+    """Advantage scaling: group std, batch std, or none (Dr. GRPO)."""
+    epsilon_low: float = 0.2
+    """Lower clip of the ratio: 1 - epsilon_low."""
+    epsilon_high: float = 0.2
+    """Upper clip of the ratio: 1 + epsilon_high (DAPO uses 0.28)."""
+    beta: float = 0.0
+    """KL coefficient (k3 estimator); > 0 needs a reference (see `reference`)."""
+    reference: Literal["auto", "base", "sft_adapter"] = "auto"
+    """Reference policy for the KL: "base" = the model with the adapter disabled; "sft_adapter" = a frozen copy of
+    policy.adapter_path loaded as adapter "ref"; "auto" = sft_adapter when an adapter_path is set, else base."""
+    num_iterations: int = 1
+    """Updates per generation batch (mu); > 1 stores the old log-probs for the ratio."""
+    micro_batch_size: int | None = None
+    """Completions per forward/backward pass (gradient accumulation inside a step); None = all at once."""
+    mask_truncated_completions: bool = False
+    """Drop completions that hit max_completion_length from the loss (they still count in the group statistics)."""
+    dynamic_sampling: bool = False
+    """DAPO-style: keep only groups whose rewards are not all equal, buffering them across steps until a full batch
+    of prompts is collected (TRL does not do this)."""
+    max_grad_norm: float | None = 1.0
+    """Gradient clipping by global norm; None disables it."""
+    encode_media_once: bool = True
+    """Run the audio/vision towers once per prompt per step (False re-encodes for every completion and pass; only
+    for benchmarking)."""
+
+
+class HintGRPOModule(OmniPolicyModule):
+    """Hint-GRPO on a Qwen2.5-Omni thinker, usually started from the SFT adapter (policy.adapter_path).
+
+    Args:
+        policy: which checkpoint to load and what trains (LoRA by default; policy.adapter_path = the SFT adapter).
+        grpo: sampling, advantage and loss settings.
+        rewards: reward plug-ins (class_path/init_args list); default format + polarity + score, weight 1 each.
+        hint: hint strategy: callbacks.PolarityHint (default) or callbacks.NoHint (plain GRPO).
+        optimizer: optimizer class and arguments, called with the trainable parameters.
+        scheduler: optional learning-rate scheduler, stepped every optimizer step.
+        generation: decoding settings of validation/test/predict.
+        output_format: completion format ("dc" or "plain"); match the data's.
+        unparsed_score: the prediction scored in evaluation for a completion with no number.
+        prediction_scale: label range the model answers on when evaluating on another range (cross-domain).
+        seed: seed of the hint strategy's random choices (trigger "fraction").
+    """
+
+    def __init__(
+        self,
+        policy: PolicyOptions = PolicyOptions(),
+        grpo: GRPOOptions = GRPOOptions(),
+        rewards: list[Reward] | None = None,
+        hint: HintStrategy = PolarityHint(),
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = None,
+        generation: GenerationOptions = GenerationOptions(),
+        output_format: Literal["dc", "plain"] = "dc",
+        unparsed_score: float = 0.0,
+        prediction_scale: Literal["mosei", "sims"] | None = None,
+        seed: int = 0,
+    ):
+        super().__init__(policy, optimizer, scheduler, generation, output_format, unparsed_score, prediction_scale)
+        self.save_hyperparameters(ignore=["rewards", "hint"])
+        if grpo.num_generations < 2:
+            raise ValueError(
+                f"grpo.num_generations must be >= 2 (a group needs a baseline), got {grpo.num_generations}"
+            )
+        if hint.use == "mix" and not 1 <= hint.num_unhinted < grpo.num_generations:
+            raise ValueError(
+                f"hint.num_unhinted must be in [1, {grpo.num_generations - 1}] with use 'mix', got {hint.num_unhinted}"
+            )
+        if grpo.beta > 0 and policy.lora is None:
+            raise ValueError(
+                "grpo.beta > 0 needs LoRA: the reference is the adapter-free base or a frozen 'ref' adapter"
+            )
+        if grpo.reference == "sft_adapter" and policy.adapter_path is None:
+            raise ValueError("grpo.reference 'sft_adapter' needs policy.adapter_path (the SFT adapter)")
+        self.grpo = grpo
+        self.rewards = rewards if rewards is not None else default_rewards()
+        self.hint = hint
+        self.automatic_optimization = False
+        self.hint_generator = torch.Generator().manual_seed(seed)
+        self.counters = {"groups": 0, "hinted_groups": 0}
+        self._group_buffer: list[list[tuple[Row, torch.Tensor]]] = []
+        self.last_rollouts: list[dict[str, Any]] = []
+
+    # --- setup ----------------------------------------------------------------------------------------------------
+
+    @property
+    def reference_adapter(self) -> bool:
+        return self.grpo.beta > 0 and (
+            self.grpo.reference == "sft_adapter"
+            or (self.grpo.reference == "auto" and self.policy.adapter_path is not None)
+        )
+
+    def configure_model(self) -> None:
+        first = self.model is None
+        super().configure_model()
+        if first and self.reference_adapter:
+            self.model.load_adapter(self.policy.adapter_path, adapter_name="ref", is_trainable=False)
+            self.model.set_adapter("default")
+
+    def on_fit_start(self) -> None:
+        prompts = self.trainer.datamodule.hparams.batch_size
+        completions = prompts * self.grpo.num_generations
+        mb = self.grpo.micro_batch_size
+        if mb is not None and (mb < 1 or completions % mb):
+            raise ValueError(
+                f"grpo.micro_batch_size {mb} must divide the completions per step: batch_size {prompts} x "
+                f"num_generations {self.grpo.num_generations} = {completions}"
+            )
+        if self.trainer.datamodule.hparams.targets is not None:
+            raise ValueError("Hint-GRPO samples its own completions: set data.init_args.targets to null")
+
+    # --- rollouts -------------------------------------------------------------------------------------------------
+
+    def _sample(self, rows: list[Row]) -> torch.Tensor:
+        tok = self.processor.tokenizer
+        completions, truncated = sample(
+            self.model,
+            rows,
+            max_new_tokens=self.grpo.max_completion_length,
+            temperature=self.grpo.temperature,
+            top_p=self.grpo.top_p,
+            eos_ids=[tok.convert_tokens_to_ids("<|im_end|>"), tok.pad_token_id],
+            pad_id=tok.pad_token_id,
+            use_audio_in_video=self._use_audio_in_video,
+        )
+        for row, ids, cut in zip(rows, completions, truncated.tolist(), strict=True):
+            row.completion_ids, row.truncated = ids, cut
+        return truncated
+
+    def _hinted_prompt(self, prompt_ids: torch.Tensor, polarity: str) -> tuple[torch.Tensor, str]:
+        """The prompt ids with the hint (as prompt tokens) and the assistant text the hint contributes."""
+        tok = self.processor.tokenizer
+        prefix = self.hint.assistant_prefix(polarity)
+        line = self.hint.prompt_line(polarity)
+        ids = prompt_ids
+        if line:  # insert before the user turn's <|im_end|>, the last one in the prompt
+            im_end = tok.convert_tokens_to_ids("<|im_end|>")
+            cut = int((ids == im_end).nonzero()[-1])
+            line_ids = torch.tensor(tok(line, add_special_tokens=False)["input_ids"], device=ids.device)
+            ids = torch.cat([ids[:cut], line_ids, ids[cut:]])
+        if prefix:
+            prefix_ids = torch.tensor(tok(prefix, add_special_tokens=False)["input_ids"], device=ids.device)
+            ids = torch.cat([ids, prefix_ids])
+        return ids, prefix
+
+    def _score(self, rows, prefixes, hinted, ids, labels) -> tuple[torch.Tensor, torch.Tensor, list, dict]:
+        tok = self.processor.tokenizer
+        scale = self.trainer.datamodule.scale
+        texts = [
+            p + tok.decode(r.completion_ids, skip_special_tokens=True) for r, p in zip(rows, prefixes, strict=True)
+        ]
+        samples = [
+            RewardInput(cid, text, parse_completion(text, self.output_format), label, scale, h)
+            for cid, text, label, h in zip(ids, texts, labels, hinted, strict=True)
+        ]
+        per_reward, total, failures = compute_rewards(self.rewards, samples)
+        correct = torch.tensor([s.parsed.effective_polarity(scale) == polarity_of(s.label, scale) for s in samples])
+        return per_reward, total, samples, {"failures": failures, "correct": correct}
+
+    def rollout(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Sample, score and hint one batch of prompts; returns the rows to train on and the statistics."""
+        inputs, meta = batch["inputs"], batch["meta"]
+        G = self.grpo.num_generations
+        self._use_audio_in_video = bool(inputs.get("use_audio_in_video", False))
+        media = split_prompt_media(self.model, inputs, self.grpo.encode_media_once)
+        prompts = unpadded_prompts(inputs)
+        P = len(prompts)
+        scale = self.trainer.datamodule.scale
+        ids = [meta["id"][p] for p in range(P) for _ in range(G)]
+        labels = [float(meta["label"][p]) for p in range(P) for _ in range(G)]
+        rows = [Row(prompts[p], media[p]) for p in range(P) for _ in range(G)]
+        prefixes, hinted = [""] * len(rows), [False] * len(rows)
+        was_training = self.model.training
+        self.model.eval()
+        self._sample(rows)
+        per_reward, total, samples, info = self._score(rows, prefixes, hinted, ids, labels)
+        std_before = group_reward_std(total, G)
+        chosen = self.hint.select(info["correct"].view(P, G), std_before, self.hint_generator)
+        regenerate = [p * G + g for p in range(P) if chosen[p] for g in range(self.hint.num_unhinted, G)]
+        if regenerate:
+            new_rows = []
+            for i in regenerate:
+                p = i // G
+                hinted_ids, prefix = self._hinted_prompt(prompts[p], polarity_of(labels[i], scale))
+                new_rows.append(Row(hinted_ids, media[p]))
+                prefixes[i], hinted[i] = prefix, True
+            self._sample(new_rows)
+            for i, row in zip(regenerate, new_rows, strict=True):
+                rows[i] = row
+            per_reward, total, samples, info = self._score(rows, prefixes, hinted, ids, labels)
+        if was_training:
+            self.model.train()
+        self.counters["groups"] += P
+        self.counters["hinted_groups"] += int(chosen.sum())
+        return {
+            "rows": rows,
+            "rewards": total,
+            "per_reward": per_reward,
+            "truncated": torch.tensor([r.truncated for r in rows]),
+            "hinted": torch.tensor(hinted),
+            "samples": samples,
+            "failures": info["failures"],
+            "std_before": std_before,
+            "hint_rate": chosen.float().mean(),
+        }
+
+    # --- training -------------------------------------------------------------------------------------------------
+
+    def _logprobs(self, rows: list[Row], with_entropy: bool = False):
+        return completion_logprobs(
+            self.model,
+            rows,
+            temperature=self.grpo.temperature,
+            pad_id=self.processor.tokenizer.pad_token_id,
+            use_audio_in_video=self._use_audio_in_video,
+            with_entropy=with_entropy,
+        )
+
+    @contextmanager
+    def _reference(self):
+        """The reference policy: the frozen 'ref' adapter, or the base with the adapter disabled."""
+        if self.reference_adapter:
+            self.model.set_adapter("ref")
+            try:
+                yield
+            finally:
+                self.model.set_adapter("default")
+                for name, param in self.model.named_parameters():  # set_adapter marks the active adapter trainable
+                    if ".ref." in name:
+                        param.requires_grad_(False)
+        else:
+            with self.model.disable_adapter():
+                yield
+
+    def _micro_batches(self, n: int) -> list[slice]:
+        size = self.grpo.micro_batch_size or n
+        return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        G = self.grpo.num_generations
+        out = self.rollout(batch)
+        rows, rewards = out["rows"], out["rewards"]
+        std_after = group_reward_std(rewards, G)
+        if self.grpo.dynamic_sampling:
+            rows, rewards = self._fill_from_buffer(rows, rewards, std_after, len(batch["meta"]["id"]))
+            if rows is None:
+                self._log_rollout_metrics(out, std_after)
+                return
+        advantages = group_advantages(rewards.float(), G, self.grpo.scale_rewards)
+        mask_rows = torch.ones(len(rows))
+        if self.grpo.mask_truncated_completions:
+            mask_rows = torch.tensor([0.0 if r.truncated else 1.0 for r in rows])
+        slices = self._micro_batches(len(rows))
+        with torch.no_grad():
+            old = [self._logprobs(rows[s])[0] for s in slices] if self.grpo.num_iterations > 1 else None
+            ref = None
+            if self.grpo.beta > 0:
+                with self._reference():
+                    ref = [self._logprobs(rows[s])[0] for s in slices]
+        active_tokens = sum(float(len(r.completion_ids)) for i, r in enumerate(rows) if mask_rows[i] > 0)
+        optimizer = self.optimizers()
+        scheduler = self.lr_schedulers()
+        metrics: dict[str, list[torch.Tensor]] = {}
+        for _ in range(self.grpo.num_iterations):
+            optimizer.zero_grad()
+            for k, s in enumerate(slices):
+                logp, mask, entropy = self._logprobs(rows[s], with_entropy=True)
+                mask = mask * mask_rows[s, None].to(mask)
+                loss, step_metrics = policy_loss(
+                    logp,
+                    old[k] if old is not None else None,
+                    ref[k] if ref is not None else None,
+                    advantages[s].to(logp),
+                    mask,
+                    loss_type=self.grpo.loss_type,
+                    eps_low=self.grpo.epsilon_low,
+                    eps_high=self.grpo.epsilon_high,
+                    beta=self.grpo.beta,
+                    max_completion_length=self.grpo.max_completion_length,
+                    num_items=max(active_tokens / self.trainer.world_size, 1.0),
+                )
+                if self.grpo.loss_type != "dapo":  # TRL divides per-micro-batch losses by the accumulation steps
+                    loss = loss / len(slices)
+                self.manual_backward(loss)
+                step_metrics["entropy"] = masked_mean(entropy, mask)
+                step_metrics["loss"] = loss.detach()
+                for key, value in step_metrics.items():
+                    metrics.setdefault(key, []).append(value)
+            if self.grpo.max_grad_norm is not None:
+                self.clip_gradients(
+                    optimizer, gradient_clip_val=self.grpo.max_grad_norm, gradient_clip_algorithm="norm"
+                )
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+        self._log_rollout_metrics(out, std_after)
+        self.log_dict({f"train/{k}": torch.stack(v).float().mean() for k, v in metrics.items()}, on_step=True)
+
+    def _fill_from_buffer(self, rows, rewards, std, prompts_per_step):
+        """Dynamic sampling: buffer the groups whose rewards differ; train once a full batch is collected."""
+        G = self.grpo.num_generations
+        for g in range(len(rows) // G):
+            if torch.nan_to_num(std[g], nan=0.0) > 0:
+                self._group_buffer.append(list(zip(rows[g * G : (g + 1) * G], rewards[g * G : (g + 1) * G])))
+        self.log("train/dynamic_sampling_buffer", float(len(self._group_buffer)), on_step=True)
+        if len(self._group_buffer) < prompts_per_step:
+            return None, None
+        groups, self._group_buffer = self._group_buffer[:prompts_per_step], self._group_buffer[prompts_per_step:]
+        return [r for g in groups for r, _ in g], torch.stack([w for g in groups for _, w in g])
+
+    def _log_rollout_metrics(self, out: dict[str, Any], std_after: torch.Tensor) -> None:
+        rewards, per_reward = out["rewards"], out["per_reward"]
+        lengths = torch.tensor([float(len(r.completion_ids)) for r in out["rows"]])
+        metrics = {
+            "reward": torch.nanmean(rewards),
+            "reward_std": torch.nanmean(std_after),
+            "frac_reward_zero_std": (torch.nan_to_num(std_after, nan=0.0) == 0).float().mean(),
+            "frac_reward_zero_std_before_hint": (torch.nan_to_num(out["std_before"], nan=0.0) == 0).float().mean(),
+            "hint_rate": out["hint_rate"],
+            "hinted_completions": out["hinted"].float().mean(),
+            "completions/mean_length": lengths.mean(),
+            "completions/max_length": lengths.max(),
+            "completions/clipped_ratio": out["truncated"].float().mean(),
+        }
+        for k, reward in enumerate(self.rewards):
+            metrics[f"rewards/{reward.name}/mean"] = torch.nanmean(per_reward[:, k])
+            metrics[f"rewards/{reward.name}/failures"] = torch.tensor(float(out["failures"].get(reward.name, 0)))
+        self.log_dict({f"train/{k}": v.float() for k, v in metrics.items()}, on_step=True, prog_bar=False)
+        self.last_rollouts = [
+            {"step": self.global_step, "id": s.clip_id, "completion": s.completion, "hinted": s.hinted,
+             "label": s.label, "reward": float(r), **{n.name: float(per_reward[i, k]) for k, n in enumerate(self.rewards)}}
+            for i, (s, r) in enumerate(zip(out["samples"], rewards, strict=True))
+        ]  # fmt: skip
+
+    # --- checkpoints ----------------------------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
+        checkpoint["hint_grpo"] = {"counters": dict(self.counters), "hint_generator": self.hint_generator.get_state()}
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        state = checkpoint.get("hint_grpo")
+        if state is not None:
+            self.counters = dict(state["counters"])
+            self.hint_generator.set_state(state["hint_generator"])

@@ -1,0 +1,193 @@
+"""Rollouts for GRPO on an omni thinker: encode each prompt's audio and video once, then sample completions and
+compute their log-probs from token embeddings with the encoder outputs scattered in.
+
+The towers run once per prompt per step; the G completions, the hinted regenerations and every log-prob pass
+(policy, old, reference) reuse the features. The thinker's forward accepts `inputs_embeds` together with
+`input_ids` and the grids, so TMRoPE positions are still computed by the model's own get_rope_index. With
+`encode_once=False` the rows carry the raw media instead and the towers run on every call (the naive path the
+benchmark compares against).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from msathinker.grpo import token_entropy, token_logprobs
+
+
+@dataclass
+class PromptMedia:
+    """One prompt's multimodal inputs: encoder outputs (encode-once) and/or raw inputs, plus rope inputs."""
+
+    audio_features: torch.Tensor | None
+    video_features: torch.Tensor | None
+    video_grid_thw: torch.Tensor | None
+    audio_length: int | None
+    """Mel frames of the audio (what get_rope_index needs)."""
+    video_second_per_grid: torch.Tensor | None
+    input_features: torch.Tensor | None
+    """(128, frames) mel features, kept only for the re-encode path."""
+    pixel_values_videos: torch.Tensor | None
+    """(patches, dim) video patches, kept only for the re-encode path."""
+
+
+@dataclass
+class Row:
+    """One completion with its (possibly hinted) prompt."""
+
+    prompt_ids: torch.Tensor
+    media: PromptMedia
+    completion_ids: torch.Tensor | None = None
+    truncated: bool = False
+    """The completion hit max_completion_length without an EOS."""
+
+
+def thinker_of(model):
+    """The Qwen thinker under a peft wrapper (or the model itself)."""
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def split_prompt_media(model, inputs: dict, encode_once: bool) -> list[PromptMedia]:
+    """Per-prompt media of a collated batch; with encode_once the towers run here, once, without gradient."""
+    thinker = thinker_of(model)
+    batch = inputs["input_ids"].shape[0]
+    audio_lengths = inputs["feature_attention_mask"].sum(-1) if "feature_attention_mask" in inputs else None
+    grids = inputs.get("video_grid_thw")
+    audio_features = video_features = None
+    with torch.no_grad():
+        if encode_once and "input_features" in inputs:
+            encoded = thinker.model.get_audio_features(
+                inputs["input_features"], inputs["feature_attention_mask"], return_dict=True
+            ).last_hidden_state
+            _, token_counts = thinker.model.audio_tower._get_feat_extract_output_lengths(audio_lengths)
+            audio_features = torch.split(encoded, token_counts.tolist())
+        if encode_once and "pixel_values_videos" in inputs:
+            video_features = thinker.model.get_video_features(
+                inputs["pixel_values_videos"], grids, return_dict=True
+            ).pooler_output
+    patches = torch.split(inputs["pixel_values_videos"], grids.prod(-1).tolist()) if grids is not None else None
+    return [
+        PromptMedia(
+            audio_features=audio_features[i] if audio_features is not None else None,
+            video_features=video_features[i] if video_features is not None else None,
+            video_grid_thw=grids[i] if grids is not None else None,
+            audio_length=int(audio_lengths[i]) if audio_lengths is not None else None,
+            video_second_per_grid=inputs["video_second_per_grid"][i] if grids is not None else None,
+            input_features=None if encode_once or audio_lengths is None else inputs["input_features"][i],
+            pixel_values_videos=None if encode_once or patches is None else patches[i],
+        )
+        for i in range(batch)
+    ]
+
+
+def unpadded_prompts(inputs: dict) -> list[torch.Tensor]:
+    return [ids[mask.bool()] for ids, mask in zip(inputs["input_ids"], inputs["attention_mask"], strict=True)]
+
+
+def model_kwargs(model, rows: list[Row], pad_id: int, use_audio_in_video: bool) -> tuple[dict, int]:
+    """Forward/generate kwargs of rows: prompts left-padded, completions (if any) right-padded after them.
+
+    Returns the kwargs and the padded prompt length.
+    """
+    thinker = thinker_of(model)
+    device = rows[0].prompt_ids.device
+    prompt_len = max(len(r.prompt_ids) for r in rows)
+    completion_len = max((len(r.completion_ids) for r in rows if r.completion_ids is not None), default=0)
+    ids = torch.full((len(rows), prompt_len + completion_len), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros_like(ids)
+    for i, r in enumerate(rows):
+        ids[i, prompt_len - len(r.prompt_ids) : prompt_len] = r.prompt_ids
+        mask[i, prompt_len - len(r.prompt_ids) : prompt_len] = 1
+        if r.completion_ids is not None:
+            ids[i, prompt_len : prompt_len + len(r.completion_ids)] = r.completion_ids
+            mask[i, prompt_len : prompt_len + len(r.completion_ids)] = 1
+    kwargs: dict = {"input_ids": ids, "attention_mask": mask}
+    media = [r.media for r in rows]
+    if media[0].video_grid_thw is not None:
+        kwargs["video_grid_thw"] = torch.stack([m.video_grid_thw for m in media])
+        kwargs["video_second_per_grid"] = torch.stack([m.video_second_per_grid for m in media])
+    if media[0].audio_length is not None:
+        lengths = torch.tensor([m.audio_length for m in media], device=device)
+        frames = torch.arange(int(lengths.max()), device=device)
+        kwargs["feature_attention_mask"] = (frames[None, :] < lengths[:, None]).long()
+        if use_audio_in_video:
+            kwargs["use_audio_in_video"] = True
+    encoded = media[0].input_features is None and media[0].pixel_values_videos is None
+    if encoded:
+        embeds = thinker.get_input_embeddings()(ids)
+        config = thinker.config
+        if media[0].audio_features is not None:
+            audio = torch.cat([m.audio_features for m in media]).to(embeds.dtype)
+            embeds = embeds.masked_scatter((ids == config.audio_token_index)[..., None], audio)
+        if media[0].video_features is not None:
+            video = torch.cat([m.video_features for m in media]).to(embeds.dtype)
+            embeds = embeds.masked_scatter((ids == config.video_token_index)[..., None], video)
+        kwargs["inputs_embeds"] = embeds
+    else:
+        if media[0].input_features is not None:
+            frames = kwargs["feature_attention_mask"].shape[1]
+            kwargs["input_features"] = torch.stack([m.input_features[:, :frames] for m in media])
+        if media[0].pixel_values_videos is not None:
+            kwargs["pixel_values_videos"] = torch.cat([m.pixel_values_videos for m in media])
+    return kwargs, prompt_len
+
+
+@torch.no_grad()
+def sample(
+    model,
+    rows: list[Row],
+    *,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float,
+    eos_ids: list[int],
+    pad_id: int,
+    use_audio_in_video: bool,
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Sample one completion per row (KV-cached generate). Returns the completion ids of each row, cut after its
+    first EOS (kept, as TRL does), and a bool tensor marking rows that hit max_new_tokens without an EOS."""
+    kwargs, prompt_len = model_kwargs(model, rows, pad_id, use_audio_in_video)
+    output = model.generate(
+        **kwargs,
+        max_new_tokens=max_new_tokens,
+        do_sample=True,
+        temperature=temperature,
+        top_p=top_p,
+        top_k=0,
+        eos_token_id=eos_ids,
+        pad_token_id=pad_id,
+    )
+    new = output[:, prompt_len:]
+    is_eos = torch.isin(new, torch.tensor(eos_ids, device=new.device))
+    completions, truncated = [], []
+    for row in range(new.shape[0]):
+        hits = is_eos[row].nonzero()
+        end = int(hits[0]) + 1 if len(hits) else new.shape[1]
+        completions.append(new[row, :end].clone())
+        truncated.append(len(hits) == 0)
+    return completions, torch.tensor(truncated)
+
+
+def completion_logprobs(
+    model, rows: list[Row], *, temperature: float, pad_id: int, use_audio_in_video: bool, with_entropy: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Per-token log-probs (temperature-scaled, as the sampler saw them) of each row's completion.
+
+    Returns logp (rows, T), mask (rows, T) of real completion tokens, and optionally the per-token entropy. The LM
+    head runs on the completion positions only, so long multimodal prompts don't materialise vocab-sized logits.
+    """
+    thinker = thinker_of(model)
+    kwargs, prompt_len = model_kwargs(model, rows, pad_id, use_audio_in_video)
+    width = kwargs["input_ids"].shape[1] - prompt_len
+    hidden = thinker.model(**kwargs).last_hidden_state[:, prompt_len - 1 : prompt_len - 1 + width]
+    logits = thinker.lm_head(hidden).float()
+    targets = kwargs["input_ids"][:, prompt_len:]
+    mask = kwargs["attention_mask"][:, prompt_len:].float()
+    logp = token_logprobs(logits, targets, temperature)
+    entropy = None
+    if with_entropy:
+        with torch.no_grad():
+            entropy = token_entropy(logits.detach(), temperature)
+    return logp, mask, entropy
