@@ -67,3 +67,31 @@ class ExportAdapter(L.Callback):
             if logger is not None:
                 logger.experiment.log_artifacts(logger.run_id, str(directory), artifact_path="adapter")
         trainer.strategy.barrier()
+
+
+class RolloutTable(L.Callback):
+    """Logs sample Hint-GRPO rollouts (step, clip id, completion, hinted or not, label, reward and each reward
+    term) as an MLflow table artifact `rollouts/step<N>.json` every `every_n_steps` optimizer steps.
+
+    Args:
+        every_n_steps: logging interval in optimizer steps.
+        max_rows: most rollouts per table.
+    """
+
+    def __init__(self, every_n_steps: int = 50, max_rows: int = 64):
+        self.every_n_steps = every_n_steps
+        self.max_rows = max_rows
+        self._last_logged = -1
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs, batch, batch_idx) -> None:
+        logger = _mlflow(trainer)
+        rows = getattr(pl_module, "last_rollouts", None)
+        step = trainer.global_step
+        if logger is None or not rows or not trainer.is_global_zero or step == self._last_logged:
+            return
+        if step % self.every_n_steps:
+            return
+        self._last_logged = step
+        rows = rows[: self.max_rows]
+        table = {key: [row[key] for row in rows] for key in rows[0]}
+        logger.experiment.log_table(logger.run_id, data=table, artifact_file=f"rollouts/step{step:06d}.json")

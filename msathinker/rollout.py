@@ -147,10 +147,19 @@ def sample(
     use_audio_in_video: bool,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Sample one completion per row (KV-cached generate). Returns the completion ids of each row, cut after its
-    first EOS (kept, as TRL does), and a bool tensor marking rows that hit max_new_tokens without an EOS."""
+    first EOS (kept, as TRL does), and a bool tensor marking rows that hit max_new_tokens without an EOS.
+
+    The media placeholder and boundary tokens are suppressed: their (tiny, after SFT) probability mass is the only
+    difference between the sampling and the log-prob distributions."""
     kwargs, prompt_len = model_kwargs(model, rows, pad_id, use_audio_in_video)
+    config = thinker_of(model).config
+    media_tokens = [  # a sampled media token would break TMRoPE positions and the feature scatter: never sample one
+        config.audio_token_index, config.image_token_index, config.video_token_index, config.audio_start_token_id,
+        config.audio_end_token_id, config.vision_start_token_id, config.vision_end_token_id,
+    ]  # fmt: skip
     output = model.generate(
         **kwargs,
+        suppress_tokens=media_tokens,
         max_new_tokens=max_new_tokens,
         do_sample=True,
         temperature=temperature,
