@@ -14,7 +14,7 @@ from typing import Literal
 
 import torch
 
-from msathinker.dc_format import Polarity, hint_prefix, hint_sentence
+from msathinker.dc_format import Format, Polarity, hint_prefix, hint_sentence
 
 Trigger = Literal["no_correct_polarity", "zero_std", "always", "fraction"]
 
@@ -33,9 +33,9 @@ class HintStrategy:
         stated the label's polarity; `reward_std` (num_groups,) is each group's reward std before hints."""
         return torch.zeros(len(reward_std), dtype=torch.bool)
 
-    def assistant_prefix(self, polarity: Polarity) -> str:
+    def assistant_prefix(self, polarity: Polarity, fmt: Format = "dc") -> str:
         """Text the assistant turn is forced to start with ("prefix" placement)."""
-        return hint_prefix(polarity) if self.placement == "prefix" else ""
+        return hint_prefix(polarity, fmt) if self.placement == "prefix" else ""
 
     def prompt_line(self, polarity: Polarity) -> str:
         """Line appended to the user turn ("prompt" placement)."""

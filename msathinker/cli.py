@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
@@ -10,11 +9,7 @@ from lightning.pytorch.loggers import MLFlowLogger
 
 from callbacks import CompletionsTable, ExportAdapter
 from data_modules import MSADataModule
-
-
-def default_tracking_uri() -> str:
-    """$MLFLOW_TRACKING_URI, else an SQLite database mlflow.db in the working directory (mlflow 3's default)."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+from msathinker.tracking import default_tracking_uri
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
@@ -55,8 +50,9 @@ class MSACLI(LightningCLI):
         parser.add_lightning_class_args(ExportAdapter, "export_adapter")
 
 
-def cli_main(args: list[str] | None = None) -> MSACLI:
-    return MSACLI(
+def cli_kwargs() -> dict:
+    """MSACLI's constructor arguments (the recipe builds stage CLIs with them too)."""
+    return dict(
         datamodule_class=MSADataModule,
         subclass_mode_model=True,
         subclass_mode_data=True,
@@ -68,5 +64,8 @@ def cli_main(args: list[str] | None = None) -> MSACLI:
                 "init_args": {"experiment_name": "msathinker", "tracking_uri": default_tracking_uri()},
             }
         },
-        args=args,
     )
+
+
+def cli_main(args: list[str] | None = None) -> MSACLI:
+    return MSACLI(**cli_kwargs(), args=args)

@@ -69,4 +69,36 @@ def export_merged(adapter_path: str, out_dir: str, model_path: str | None = None
     print(f"merged {adapter_path} into {base}; wrote {out_dir}")
 
 
-COMMANDS = {"tiny-checkpoint": tiny_checkpoint, "demo-data": demo_data, "export-merged": export_merged}
+def recipe(
+    experiment: str = "quickstart",
+    output_dir: str = "runs/quickstart-recipe",
+    synthesize: str | None = "experiments/quickstart/synthesize.yaml",
+    sft: str = "experiments/quickstart/sft.yaml",
+    grpo: str | None = "experiments/quickstart/hint_grpo.yaml",
+    sft_args: list[str] | None = None,
+    grpo_args: list[str] | None = None,
+    cross_domain: list[str] | None = None,
+) -> None:
+    """Run synthesis -> SFT -> Hint-GRPO -> test as nested MLflow runs and print the final metrics per stage.
+
+    Args:
+        experiment: MLflow experiment of the parent run and the stage runs.
+        output_dir: directory for every stage's files and the summary table.
+        synthesize: synthesis config (stage 0); null skips it and SFT uses its config's own targets.
+        sft: SFT config (stage 1); its data targets become the synthesis output.
+        grpo: Hint-GRPO config (stage 2), started from the SFT adapter; null stops after SFT.
+        sft_args: extra command-line overrides of the SFT stage.
+        grpo_args: extra command-line overrides of the Hint-GRPO stage.
+        cross_domain: datasets each trained model is also tested on (answers mapped between label ranges).
+    """
+    from msathinker.recipe import run_recipe
+
+    run_recipe(experiment, output_dir, synthesize, sft, grpo, sft_args or [], grpo_args or [], cross_domain or [])
+
+
+COMMANDS = {
+    "tiny-checkpoint": tiny_checkpoint,
+    "demo-data": demo_data,
+    "export-merged": export_merged,
+    "recipe": recipe,
+}

@@ -1,6 +1,7 @@
-"""The completion format: rendering, parsing, polarity of a label, and the wording of hints and instructions.
+"""The completion format: rendering, parsing, the polarity of a label, and the wording of hints and instructions.
 
-A valid Discrimination-Calibration ("dc") completion is exactly (tolerant of whitespace and case):
+This is the one module that knows the markup (method.md section 2). A valid Discrimination-Calibration ("dc")
+completion is exactly, up to whitespace and letter case:
 
     <think>
     <discrimination> cues from text, audio and video ... Polarity: negative </discrimination>
@@ -8,9 +9,30 @@ A valid Discrimination-Calibration ("dc") completion is exactly (tolerant of whi
     </think>
     <answer>-1.4</answer>
 
-The "plain" ablation format is `<think> ... </think>\\n<answer>x</answer>` with no DC parts and no stated polarity.
-The parser never raises and never evaluates text: it uses linear-time regexes and float(), and reports what it
-found (polarity, score, which parts are present, why invalid) so rewards and metrics can score any output.
+The "plain" ablation format drops the DC parts and the stated polarity:
+
+    <think>
+    reasoning ...
+    </think>
+    <answer>-1.4</answer>
+
+Parsing rules (`parse_completion`):
+
+- Never raises on any text and never evaluates it: linear-time regexes (no nested or ambiguous quantifiers, so no
+  catastrophic backtracking) and `float()` on a string that already matched a plain decimal number.
+- Tolerant of whitespace and case: `< /Think >`, `POLARITY :  Neutral` and blank lines between parts are fine.
+  Tags and the polarity keyword are matched with ASCII case folding only.
+- Strict on structure: exactly one pair of each tag, in the order think > discrimination > calibration > /think >
+  answer, nothing but whitespace outside the parts, exactly one "Polarity: X" statement inside <discrimination>
+  (anywhere in it; `render_completion` puts it at the end).
+- The answer is one plain decimal number: optional sign, digits with an optional fraction (`-1.4`, `+2`, `.5`,
+  `3.`). Exponents (`1e-1`), `nan`, `inf` and numbers that overflow a float are rejected: the canonical form
+  (`format_score`) never uses them and a model that writes them is not following the format. The parser does not
+  check the label range (it does not know the dataset); metrics clip.
+- Partial results: `score` is set whenever there is exactly one <answer>...</answer> pair holding a number, and
+  `polarity` whenever there is exactly one <discrimination>...</discrimination> pair holding exactly one
+  statement, even when the completion is otherwise invalid (`valid=False`). Metrics and the polarity / score
+  rewards can then still use what a sloppy completion said; the format reward uses `valid`.
 """
 
 from __future__ import annotations
@@ -18,21 +40,36 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 from msathinker.scales import Scale
 
 Polarity = Literal["positive", "negative", "neutral"]
 POLARITIES: tuple[str, ...] = ("positive", "negative", "neutral")
 Format = Literal["dc", "plain"]
+FORMATS: tuple[str, ...] = ("dc", "plain")
 
-_TAG = re.compile(r"<\s*(/?)\s*(think|discrimination|calibration|answer)\s*>", re.IGNORECASE)
-_POLARITY = re.compile(r"polarity\s*:\s*(positive|negative|neutral)\b", re.IGNORECASE)
-_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)")
+_FLAGS = re.IGNORECASE | re.ASCII
+# "<", optional "/", a tag name, ">", with optional whitespace around the parts. The slash and its whitespace form
+# one optional group, so no two quantifiers compete for the same characters (the version with `\s*/?\s*` backtracks
+# quadratically on "<" followed by a long run of spaces).
+_TAG = re.compile(r"<\s*(?:(/)\s*)?(think|discrimination|calibration|answer)\s*>", _FLAGS)
+_POLARITY = re.compile(r"\bpolarity\s*:\s*(positive|negative|neutral)\b", _FLAGS)
+_NUMBER = re.compile(r"[+-]?(?:\d+(?:\.\d*)?|\.\d+)", re.ASCII)
+_DC_TAGS = ("discrimination", "calibration")
+
+
+def _check_format(fmt: str) -> None:
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown completion format {fmt!r}; choose from {', '.join(FORMATS)}")
 
 
 def polarity_of(label: float, scale: Scale) -> Polarity:
-    """positive if label > band, negative if label < -band, else neutral (band = the scale's neutral band)."""
+    """Polarity of a label: positive if label > band, negative if label < -band, else neutral.
+
+    The band is the scale's neutral band (0.5 on [-3, 3], 0.1 on [-1, 1]), so a label on the band edge is neutral,
+    as in MMSA's Acc-3.
+    """
     if label > scale.neutral_band:
         return "positive"
     if label < -scale.neutral_band:
@@ -41,14 +78,23 @@ def polarity_of(label: float, scale: Scale) -> Polarity:
 
 
 def format_score(score: float) -> str:
-    """Canonical answer text: 2 decimals at most, no trailing zeros, no "-0"."""
+    """Canonical answer text: rounded to 2 decimals, trailing zeros stripped, never "-0" (-1.4 -> "-1.4", 2.0 -> "2").
+
+    One canonical spelling per value keeps SFT targets consistent and makes parse(render(x)) exact.
+    Raises ValueError for NaN and infinities, which no completion may contain.
+    """
+    if not math.isfinite(score):
+        raise ValueError(f"score must be finite, got {score!r}")
     text = f"{round(score, 2):.2f}".rstrip("0").rstrip(".")
-    return "0" if text in ("-0", "") else text
+    return "0" if text == "-0" else text
 
 
 @dataclass(frozen=True)
 class DCReasoning:
-    """What a completion says: the discrimination cues, the calibration text, the polarity and the score."""
+    """What a DC completion says, independent of the markup.
+
+    `discrimination` is the cue text before the "Polarity: X" statement; `calibration` the intensity text.
+    """
 
     polarity: Polarity
     score: float
@@ -57,7 +103,20 @@ class DCReasoning:
 
 
 def render_completion(reasoning: DCReasoning, fmt: Format = "dc") -> str:
-    """The completion text of `reasoning` in the given format."""
+    """The completion text of `reasoning` in the given format (see the module docstring).
+
+    "dc" appends "Polarity: <p>" to the discrimination text; "plain" joins the two texts in one <think> with no
+    stated polarity. Raises ValueError when the result would not parse back to `reasoning`: an unknown polarity, a
+    non-finite score, a tag inside a text, or a polarity statement inside the discrimination text.
+    """
+    _check_format(fmt)
+    if reasoning.polarity not in POLARITIES:
+        raise ValueError(f"unknown polarity {reasoning.polarity!r}; choose from {', '.join(POLARITIES)}")
+    for part, text in (("discrimination", reasoning.discrimination), ("calibration", reasoning.calibration)):
+        if _TAG.search(text):
+            raise ValueError(f"{part} text contains a tag: {text[:60]!r}")
+    if _POLARITY.search(reasoning.discrimination):
+        raise ValueError(f"discrimination text contains a polarity statement: {reasoning.discrimination[:60]!r}")
     answer = f"<answer>{format_score(reasoning.score)}</answer>"
     if fmt == "plain":
         return f"<think>\n{reasoning.discrimination} {reasoning.calibration}\n</think>\n{answer}"
@@ -69,29 +128,75 @@ def render_completion(reasoning: DCReasoning, fmt: Format = "dc") -> str:
 
 @dataclass(frozen=True)
 class ParsedCompletion:
-    """What the parser found. `score` is set whenever exactly one <answer> holds a number, even if other parts are
-    invalid, so metrics can use the answer of a sloppy completion; `valid` is the exact-format check."""
+    """What the parser found in a completion; built by `parse_completion`, never raised as an error.
+
+    `polarity` and `score` are set whenever their own part is well formed, even if `valid` is False (see the module
+    docstring), so metrics and rewards can score any output. `has_*` say whether exactly one <tag>...</tag> pair
+    (opening before closing) is present, wherever it is.
+    """
 
     valid: bool
+    """The completion is exactly in the requested format."""
     polarity: Polarity | None
-    """The stated polarity ("Polarity: X" in <discrimination>); None in plain format or when absent."""
+    """The stated polarity ("Polarity: X" in <discrimination>); None in plain format or when absent or repeated."""
     score: float | None
+    """The number in the single <answer>; None when missing, repeated, not a number or not finite."""
     has_think: bool
     has_discrimination: bool
     has_calibration: bool
     has_answer: bool
     error: str | None
-    """Why the completion is not valid (None when valid)."""
+    """Why the completion is not valid, for humans and logs (None when valid). The first problem found."""
     discrimination: str | None = None
-    """Inner text of <discrimination> without the polarity statement."""
+    """Inner text of <discrimination> without the polarity statement, stripped (None when absent or plain)."""
     calibration: str | None = None
-    """Inner text of <calibration>."""
+    """Inner text of <calibration>, stripped (None when absent or plain)."""
 
     def effective_polarity(self, scale: Scale) -> Polarity | None:
-        """The stated polarity, else the polarity of the score, else None."""
+        """The stated polarity, else the polarity of the score on `scale`, else None.
+
+        Lets the polarity reward and the hint trigger judge plain-format completions (which state no polarity).
+        """
         if self.polarity is not None:
             return self.polarity
         return polarity_of(self.score, scale) if self.score is not None else None
+
+
+@dataclass(frozen=True)
+class _Tag:
+    name: str
+    closing: bool
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class _Pair:
+    """A well-formed <name> ... </name>: outer start, inner start, inner end, outer end."""
+
+    start: int
+    inner_start: int
+    inner_end: int
+    end: int
+
+
+def _pair(tags: list[_Tag], name: str) -> tuple[_Pair | None, str | None]:
+    """The single <name>...</name> pair, or why there is none."""
+    opens = [t for t in tags if t.name == name and not t.closing]
+    closes = [t for t in tags if t.name == name and t.closing]
+    if not opens and not closes:
+        return None, f"no <{name}> tag"
+    if len(opens) > 1:
+        return None, f"{len(opens)} <{name}> tags"
+    if len(closes) > 1:
+        return None, f"{len(closes)} </{name}> tags"
+    if not opens:
+        return None, f"</{name}> without <{name}>"
+    if not closes:
+        return None, f"unclosed <{name}> tag"
+    if closes[0].start < opens[0].end:
+        return None, f"</{name}> before <{name}>"
+    return _Pair(opens[0].start, opens[0].end, closes[0].start, closes[0].end), None
 
 
 def _parse_score(inner: str) -> tuple[float | None, str | None]:
@@ -104,52 +209,64 @@ def _parse_score(inner: str) -> tuple[float | None, str | None]:
     return value, None
 
 
+def _gap(text: str, start: int, end: int, before: str, after: str) -> str | None:
+    """Error if anything but whitespace lies between two parts."""
+    return f"text between {before} and {after}" if text[start:end].strip() else None
+
+
 def parse_completion(text: str, fmt: Format = "dc") -> ParsedCompletion:
-    """Parse any text into a ParsedCompletion; never raises."""
+    """Parse a completion in format `fmt` ("dc" or "plain"); never raises on any text (see the module docstring).
+
+    An unknown `fmt` is a programming error and raises ValueError.
+    """
+    _check_format(fmt)
     if not isinstance(text, str):
         text = str(text)
-    tags = [(m.group(2).lower(), m.group(1) == "/", m.start(), m.end()) for m in _TAG.finditer(text)]
-    opens = {
-        name: [t for t in tags if t[0] == name and not t[1]]
-        for name in ("think", "discrimination", "calibration", "answer")
-    }
-    closes = {name: [t for t in tags if t[0] == name and t[1]] for name in opens}
+    tags = [_Tag(m.group(2).lower(), m.group(1) is not None, m.start(), m.end()) for m in _TAG.finditer(text)]
+    think, think_error = _pair(tags, "think")
+    disc, disc_error = _pair(tags, "discrimination")
+    cal, cal_error = _pair(tags, "calibration")
+    answer, answer_error = _pair(tags, "answer")
 
-    def span(name: str) -> tuple[int, int, int, int] | None:
-        if len(opens[name]) == 1 and len(closes[name]) == 1 and opens[name][0][3] <= closes[name][0][2]:
-            return opens[name][0][2], opens[name][0][3], closes[name][0][2], closes[name][0][3]
-        return None
-
-    think, disc, cal, answer = span("think"), span("discrimination"), span("calibration"), span("answer")
-    score, error = None, None
-    answer_count = len(opens["answer"])
+    score, error = None, answer_error
     if answer is not None:
-        score, error = _parse_score(text[answer[1] : answer[2]])
-    elif answer_count == 0:
-        error = "no <answer> tag"
-    elif answer_count > 1:
-        error = f"{answer_count} <answer> tags"
-    else:
-        error = "unclosed <answer> tag"
+        score, error = _parse_score(text[answer.inner_start : answer.inner_end])
 
-    polarity = None
+    polarity: Polarity | None = None
     discrimination = calibration = None
-    if disc is not None:
-        inner = text[disc[1] : disc[2]]
-        found = list(_POLARITY.finditer(inner))
-        if len(found) == 1:
-            polarity = found[0].group(1).lower()
-            discrimination = (inner[: found[0].start()] + inner[found[0].end() :]).strip()
-        elif fmt == "dc" and error is None:
-            error = "no polarity statement in <discrimination>" if not found else "more than one polarity statement"
-    if cal is not None:
-        calibration = text[cal[1] : cal[2]].strip()
+    statements: list[re.Match[str]] = []
+    if fmt == "dc" and disc is not None:
+        inner = text[disc.inner_start : disc.inner_end]
+        statements = list(_POLARITY.finditer(inner))
+        if len(statements) == 1:
+            found = statements[0]
+            polarity = cast(Polarity, found.group(1).lower())
+            rest = (inner[: found.start()].strip(), inner[found.end() :].strip())
+            discrimination = " ".join(part for part in rest if part)
+    if fmt == "dc" and cal is not None:
+        calibration = text[cal.inner_start : cal.inner_end].strip()
 
     if error is None:
-        error = _structure_error(text, tags, think, disc, cal, answer, fmt)
+        error = think_error
+    if error is None:
+        assert think is not None and answer is not None
+        error = _outer_error(text, think, answer)
+    if error is None and fmt == "plain":
+        error = "DC tags in plain format" if any(t.name in _DC_TAGS for t in tags) else None
+    elif error is None:
+        error = disc_error or cal_error
+        if error is None:
+            assert think is not None and disc is not None and cal is not None
+            error = _inner_error(text, think, disc, cal)
+        if error is None and len(statements) != 1:
+            error = (
+                "no polarity statement in <discrimination>"
+                if not statements
+                else f"{len(statements)} polarity statements in <discrimination>"
+            )
     return ParsedCompletion(
         valid=error is None,
-        polarity=polarity if fmt == "dc" else None,
+        polarity=polarity,
         score=score,
         has_think=think is not None,
         has_discrimination=disc is not None,
@@ -161,58 +278,72 @@ def parse_completion(text: str, fmt: Format = "dc") -> ParsedCompletion:
     )
 
 
-def _structure_error(text, tags, think, disc, cal, answer, fmt: Format) -> str | None:
-    """The first ordering / presence problem of an otherwise parsable completion, or None."""
-    if think is None:
-        return "missing or repeated <think>...</think>"
-    if text[: think[0]].strip():
+def _outer_error(text: str, think: _Pair, answer: _Pair) -> str | None:
+    """Problems of the outer layout: nothing before <think>, <answer> after </think>, nothing after </answer>."""
+    if text[: think.start].strip():
         return "text before <think>"
-    if text[think[3] : answer[0]].strip():
-        return "text between </think> and <answer>"
-    if text[answer[3] :].strip():
+    if answer.start < think.end:
+        return "<answer> before </think>"
+    if text[answer.end :].strip():
         return "text after </answer>"
-    if answer[0] < think[3]:
-        return "<answer> inside <think>"
-    if fmt == "plain":
-        return "DC tags in plain format" if len(tags) != 4 else None
-    if disc is None:
-        return "missing or repeated <discrimination>...</discrimination>"
-    if cal is None:
-        return "missing or repeated <calibration>...</calibration>"
-    if len(tags) != 8:
-        return "unexpected extra tags"
-    if not (think[1] <= disc[0] and disc[3] <= think[2]):
-        return "<discrimination> outside <think>"
-    if not (think[1] <= cal[0] and cal[3] <= think[2]):
-        return "<calibration> outside <think>"
-    if cal[0] < disc[3]:
+    return _gap(text, think.end, answer.start, "</think>", "<answer>")
+
+
+def _inner_error(text: str, think: _Pair, disc: _Pair, cal: _Pair) -> str | None:
+    """Problems inside <think>: both DC parts in it, discrimination first, nothing else."""
+    for name, part in (("discrimination", disc), ("calibration", cal)):
+        if part.start < think.inner_start or part.end > think.inner_end:
+            return f"<{name}> outside <think>"
+    if cal.start < disc.start:
         return "calibration before discrimination"
-    if text[think[1] : disc[0]].strip() or text[disc[3] : cal[0]].strip() or text[cal[3] : think[2]].strip():
-        return "text outside the DC parts inside <think>"
-    return None
+    if cal.start < disc.end:
+        return "<calibration> inside <discrimination>"
+    return (
+        _gap(text, think.inner_start, disc.start, "<think>", "<discrimination>")
+        or _gap(text, disc.end, cal.start, "</discrimination>", "<calibration>")
+        or _gap(text, cal.end, think.inner_end, "</calibration>", "</think>")
+    )
 
 
 def hint_sentence(polarity: Polarity) -> str:
-    """The hint's wording (one source for both placements)."""
+    """The hint's wording, the single source for both placements: states the label's polarity, never the score.
+
+    Used as a line of the user turn ("prompt" placement) and inside `hint_prefix` ("prefix" placement). It
+    deliberately does not use the "Polarity: X" form, so the statement the parser reads still comes from the model.
+    """
+    if polarity not in POLARITIES:
+        raise ValueError(f"unknown polarity {polarity!r}; choose from {', '.join(POLARITIES)}")
     return f"Hint: the overall sentiment is {polarity}."
 
 
-def hint_prefix(polarity: Polarity) -> str:
-    """Assistant-turn prefix of the "prefix" hint placement; the model continues the discrimination after it."""
+def hint_prefix(polarity: Polarity, fmt: Format = "dc") -> str:
+    """Assistant-turn prefix of the "prefix" hint placement: the model continues the discrimination after it.
+
+    prefix + continuation must parse like a normal completion, so in "dc" the prefix opens <think> and
+    <discrimination> and ends with a space, and the continuation supplies the cues, "Polarity: X", and the rest.
+    In "plain" (no DC tags allowed) the prefix is <think> and the hint sentence only.
+    """
+    _check_format(fmt)
+    if fmt == "plain":
+        return f"<think>\n{hint_sentence(polarity)} "
     return f"<think>\n<discrimination> {hint_sentence(polarity)} "
 
 
 def task_instruction(scale: Scale, fmt: Format = "dc") -> str:
-    """The task instruction of the user turn, with the scale's label range."""
-    low, high = format_score(scale.low), format_score(scale.high)
+    """The task instruction of the user turn: the label range of `scale`, the polarity words and the exact format.
+
+    Kept short because it is part of every prompt; the neutral band is stated so stated polarity and score agree.
+    """
+    _check_format(fmt)
+    low, high, band = format_score(scale.low), format_score(scale.high), format_score(scale.neutral_band)
+    task = (
+        f"Rate the speaker's sentiment from {low} (strongly negative) to {high} (strongly positive) "
+        "from the words, voice and face. Reply in exactly this format, "
+    )
     if fmt == "plain":
-        return (
-            f"Rate the speaker's sentiment from {low} (strongly negative) to {high} (strongly positive). "
-            "Reason inside <think></think>, then give the score inside <answer></answer>."
-        )
-    return (
-        f"Rate the speaker's sentiment from {low} (strongly negative) to {high} (strongly positive). "
-        "Inside <think>, first judge the polarity in <discrimination> from the words, voice and face, ending with "
-        "'Polarity: positive', 'Polarity: negative' or 'Polarity: neutral'; then judge the intensity in "
-        "<calibration>. Give the score inside <answer></answer>."
+        return task + "where S is one number:\n<think>\nreasoning ...\n</think>\n<answer>S</answer>"
+    return task + (
+        f"where P is positive, negative or neutral (|S| <= {band}) and S is one number:\n"
+        "<think>\n<discrimination> cues ... Polarity: P </discrimination>\n"
+        "<calibration> intensity ... </calibration>\n</think>\n<answer>S</answer>"
     )

@@ -176,7 +176,7 @@ class HintGRPOModule(OmniPolicyModule):
     def _hinted_prompt(self, prompt_ids: torch.Tensor, polarity: str) -> tuple[torch.Tensor, str]:
         """The prompt ids with the hint (as prompt tokens) and the assistant text the hint contributes."""
         tok = self.processor.tokenizer
-        prefix = self.hint.assistant_prefix(polarity)
+        prefix = self.hint.assistant_prefix(polarity, self.output_format)
         line = self.hint.prompt_line(polarity)
         ids = prompt_ids
         if line:  # insert before the user turn's <|im_end|>, the last one in the prompt
