@@ -7,7 +7,6 @@ from callbacks.rewards import FormatReward, PolarityReward, Reward, RewardInput,
 __all__ = [
     "CompletionsTable",
     "ExportAdapter",
-    "RolloutTable",
     "FormatReward",
     "HintStrategy",
     "NoHint",
@@ -15,5 +14,6 @@ __all__ = [
     "PolarityReward",
     "Reward",
     "RewardInput",
+    "RolloutTable",
     "ScoreReward",
 ]

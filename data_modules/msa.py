@@ -269,9 +269,9 @@ class MSACollator:
         texts = self.prompts(items)
         with_targets = all("target" in it for it in items)
         if with_targets:
-            texts = [t + it["target"] + "<|im_end|>" for t, it in zip(texts, items)]
+            texts = [t + it["target"] + "<|im_end|>" for t, it in zip(texts, items, strict=True)]
         elif assistant_prefixes is not None:
-            texts = [t + p for t, p in zip(texts, assistant_prefixes)]
+            texts = [t + p for t, p in zip(texts, assistant_prefixes, strict=True)]
         kwargs: dict[str, Any] = {"text": texts, "padding": True, "return_tensors": "pt"}
         if "video" in self.modalities:
             kwargs["videos"] = [it["frames"] for it in items]
@@ -465,8 +465,9 @@ class MSADataModule(L.LightningDataModule):
         h = self.hparams
         if self.collator is None:
             processor = load_processor(h.processor_path)
+            prompt_scale = SCALES[h.prompt_scale] if h.prompt_scale else self.scale
             self.collator = MSACollator(
-                processor, SCALES[h.prompt_scale] if h.prompt_scale else self.scale, tuple(h.modalities), h.use_audio_in_video, h.fps, h.min_pixels,
+                processor, prompt_scale, tuple(h.modalities), h.use_audio_in_video, h.fps, h.min_pixels,
                 h.max_pixels, h.system_prompt, h.output_format,
             )  # fmt: skip
         root = self.root
@@ -537,7 +538,7 @@ class MSADataModule(L.LightningDataModule):
             raise DataError(f"{bad[0]} (set on_bad_clip: skip to leave bad clips out)")
         for message in bad:
             log.warning("skipped: %s", message)
-        return [r for r, m in zip(records, results) if m is None], bad
+        return [r for r, m in zip(records, results, strict=True) if m is None], bad
 
     def _loader(self, split: str, batch_size: int, sampler: Sampler | None = None) -> DataLoader:
         if split not in self.datasets:

@@ -206,11 +206,11 @@ def render_audio(clip: DemoClip, rate: int, seed: int) -> np.ndarray:
 def render_frames(clip: DemoClip, domain: DemoDomain, seed: int) -> np.ndarray:
     """Frames: background colour carries polarity, brightness and a square's speed carry video intensity."""
     rng = np.random.default_rng(seed)
-    n = int(round(clip.duration * domain.video_fps))
+    n = round(clip.duration * domain.video_fps)
     h, w = domain.height, domain.width
     brightness = 0.35 + 0.65 * clip.video_intensity
     base = COLOUR[clip.polarity] * brightness
-    yy, xx = np.mgrid[0:h, 0:w]
+    yy, _xx = np.mgrid[0:h, 0:w]
     shade = 1.0 - 0.25 * (yy / h)[..., None]
     frames = np.empty((n, h, w, 3), np.uint8)
     side = max(6, h // 5)

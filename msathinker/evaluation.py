@@ -68,7 +68,7 @@ class CompletionEvaluator(torchmetrics.Metric):
 
     def update(self, ids: list[str], completions: list[str], labels: torch.Tensor) -> None:
         preds = []
-        for clip_id, completion, label in zip(ids, completions, labels.tolist()):
+        for clip_id, completion, label in zip(ids, completions, labels.tolist(), strict=True):
             parsed = parse_completion(completion, self.output_format)
             score = parsed.score
             if score is not None:

@@ -347,7 +347,8 @@ class HintGRPOModule(OmniPolicyModule):
         G = self.grpo.num_generations
         for g in range(len(rows) // G):
             if torch.nan_to_num(std[g], nan=0.0) > 0:
-                self._group_buffer.append(list(zip(rows[g * G : (g + 1) * G], rewards[g * G : (g + 1) * G])))
+                group = slice(g * G, (g + 1) * G)
+                self._group_buffer.append(list(zip(rows[group], rewards[group], strict=True)))
         self.log("train/dynamic_sampling_buffer", float(len(self._group_buffer)), on_step=True)
         if len(self._group_buffer) < prompts_per_step:
             return None, None
@@ -372,9 +373,10 @@ class HintGRPOModule(OmniPolicyModule):
             metrics[f"rewards/{reward.name}/mean"] = torch.nanmean(per_reward[:, k])
             metrics[f"rewards/{reward.name}/failures"] = torch.tensor(float(out["failures"].get(reward.name, 0)))
         self.log_dict({f"train/{k}": v.float() for k, v in metrics.items()}, on_step=True, prog_bar=False)
+        names = [reward.name for reward in self.rewards]
         self.last_rollouts = [
             {"step": self.global_step, "id": s.clip_id, "completion": s.completion, "hinted": s.hinted,
-             "label": s.label, "reward": float(r), **{n.name: float(per_reward[i, k]) for k, n in enumerate(self.rewards)}}
+             "label": s.label, "reward": float(r), **dict(zip(names, per_reward[i].tolist(), strict=True))}
             for i, (s, r) in enumerate(zip(out["samples"], rewards, strict=True))
         ]  # fmt: skip
 

@@ -133,5 +133,5 @@ def _decode_audio(container) -> np.ndarray:
     chunks += [out.to_ndarray()[0] for out in resampler.resample(None)]
     waveform = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
     if stream.duration is not None and stream.time_base is not None:
-        waveform = waveform[: int(round(float(stream.duration * stream.time_base) * SAMPLE_RATE))]
+        waveform = waveform[: round(float(stream.duration * stream.time_base) * SAMPLE_RATE)]
     return np.ascontiguousarray(waveform, dtype=np.float32)

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import lightning as L
-import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from msathinker.checkpoints import restore_rng_states, save_trainable

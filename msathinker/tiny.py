@@ -97,7 +97,7 @@ def _training_corpus() -> list[str]:
         scale = SCALES[domain.scale]
         texts = transcript_corpus(domain)
         lines += texts
-        steps = int(round((scale.high - scale.low) / 0.1))
+        steps = round((scale.high - scale.low) / 0.1)
         for i in range(steps + 1):
             label = round(scale.low + i * 0.1, 1)
             lines.append(rule_based_rationale(texts[i % len(texts)], label, scale))

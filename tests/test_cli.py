@@ -22,7 +22,7 @@ def test_help_lists_every_command_without_importing_lightning():
     for command in ("fit", "validate", "test", "predict", "tiny-checkpoint", "demo-data", "recipe"):
         assert command in result.stdout
     probe = subprocess.run(
-        [sys.executable, "-c", "import sys, msathinker.__main__ as m; m.main(['--help']); print('lightning' in sys.modules)"],
+        [sys.executable, "-c", "import sys, msathinker.__main__ as m; m.main(['--help']); print('lightning' in sys.modules)"],  # noqa: E501
         capture_output=True, text=True, cwd=REPO,
     )  # fmt: skip
     assert probe.stdout.strip().endswith("False")

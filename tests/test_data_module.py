@@ -242,7 +242,7 @@ def test_missing_column(tiny_model, media_cache, dataset_copy):
 
 
 def test_empty_split(tiny_model, media_cache, dataset_copy):
-    root, rows = dataset_copy
+    root, _rows = dataset_copy
     with pytest.raises(DataError, match=r"split 'test' has no clips \(modes present: \['train', 'valid'\]\)"):
         make_dm(tiny_model, media_cache, dataset="mosi", data_root=str(root)).setup("test")
 

@@ -42,14 +42,14 @@ def test_sampling_is_deterministic_and_hard(domain):
     # The best a text-only reader can do: trust the words' polarity.
     words = {w: p for p, ws in DOMAINS[domain].words.items() for w in ws}
     said = [next(p for w, p in words.items() if w in c.text) for c in clips]
-    text_accuracy = np.mean([s == c.polarity for s, c in zip(said, clips)])
+    text_accuracy = np.mean([s == c.polarity for s, c in zip(said, clips, strict=True)])
     assert text_accuracy <= 0.82, text_accuracy
 
 
 def test_audio_and_video_carry_the_true_polarity(demo_mosi):
     rows = read_rows(demo_mosi)[:30]
     clips = sample_clips(DOMAINS["demo_mosi"], seed=0)[:30]
-    for row, clip in zip(rows, clips):
+    for row, clip in zip(rows, clips, strict=True):
         assert row["text"] == clip.text
         media = decode_clip(demo_mosi / "Raw" / row["video_id"] / f"{row['clip_id']}.mp4")
         spectrum = np.abs(np.fft.rfft(media.audio))

@@ -116,7 +116,7 @@ def test_encode_once_matches_re_encoding(tiny_model, tmp_path):
     for once in (True, False):
         media = split_prompt_media(module.model, inputs, once)
         rows = [Row(p, m, completion) for p, m in zip(prompts, media, strict=True) for _ in range(3)]
-        logp, mask, _ = completion_logprobs(module.model, rows, temperature=0.7, pad_id=0, use_audio_in_video=False)
+        logp, _mask, _ = completion_logprobs(module.model, rows, temperature=0.7, pad_id=0, use_audio_in_video=False)
         results.append(logp)
     torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-5)
 
@@ -185,9 +185,9 @@ def test_bad_configurations(tiny_model, tmp_path):
     with pytest.raises(ValueError, match="num_generations must be >= 2"):
         grpo_module(tiny_model, num_generations=1)
     module = grpo_module(tiny_model, micro_batch_size=3)
-    with pytest.raises(ValueError, match="micro_batch_size 3 must divide the completions per step"):
+    with pytest.raises(ValueError, match=r"micro_batch_size 3 must divide the completions per step"):
         trainer(tmp_path).fit(module, datamodule=datamodule(tiny_model, tmp_path))
-    with pytest.raises(FileNotFoundError, match="no adapter_config.json there"):
+    with pytest.raises(FileNotFoundError, match=r"no adapter_config\.json there"):
         grpo_module(tiny_model, adapter=str(tmp_path / "missing")).configure_model()
     with pytest.raises(ValueError, match="num_unhinted"):
         HintGRPOModule(grpo=GRPOOptions(num_generations=4), hint=PolarityHint(use="mix", num_unhinted=4))

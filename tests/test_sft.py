@@ -131,7 +131,7 @@ def test_cross_domain_test_metric_names(tiny_model, tmp_path):
 
 def test_missing_model_path_is_a_clear_error(tmp_path):
     sft = SFTModule(policy=PolicyOptions(model_path=str(tmp_path / "nowhere")))
-    with pytest.raises(FileNotFoundError, match="no config.json there"):
+    with pytest.raises(FileNotFoundError, match=r"no config\.json there"):
         sft.configure_model()
 
 

@@ -29,10 +29,8 @@ def test_tiny_checkpoint_loads_with_plain_transformers(tmp_path):
     prompt = processor.apply_chat_template(
         [{"role": "user", "content": [{"type": "text", "text": "hi"}]}], add_generation_prompt=True, tokenize=False
     )
-    assert (
-        prompt
-        == "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
-    )
+    expected = "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n"
+    assert prompt == expected + "<|im_start|>assistant\n"
 
 
 def test_qwen_vocabulary_has_the_real_ids(tmp_path):
@@ -56,7 +54,7 @@ def test_full_layout_loads_the_thinker_only(tmp_path, tiny_model):
     assert processor.tokenizer.padding_side == "left"
     reference = write_tiny_checkpoint(tmp_path / "thinker", seed=3)
     expected, _ = load_thinker(str(reference))
-    for (name, p), (_, q) in zip(thinker.state_dict().items(), expected.state_dict().items()):
+    for (name, p), (_, q) in zip(thinker.state_dict().items(), expected.state_dict().items(), strict=True):
         assert torch.equal(p, q), name
 
 

@@ -1,0 +1,84 @@
+"""Hint-GRPO step time with the media encoded once per prompt versus re-encoded for every completion and pass, on
+demo prompts. Prints the median step times and the ratio; asserts nothing.
+
+    python benchmarks/grpo_encode_once.py [--model tiny-small] [--steps 4] [--num-generations 4] [--max-pixels 12544]
+
+Larger frames (max_pixels) make the vision tower a bigger share of the step, as with real clips.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="tiny-small")
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per mode (after one warm-up)")
+    parser.add_argument("--num-generations", type=int, default=4)
+    parser.add_argument("--prompts", type=int, default=2, help="prompts per step")
+    parser.add_argument("--max-completion-length", type=int, default=32)
+    parser.add_argument("--max-pixels", type=int, default=16 * 28 * 28)
+    parser.add_argument("--max-frames", type=int, default=8)
+    args = parser.parse_args()
+
+    import lightning as L
+    import torch
+
+    from callbacks import PolarityHint
+    from data_modules import MSADataModule
+    from msathinker.assets import resolve_model_path
+    from msathinker.hint_grpo import GRPOOptions, HintGRPOModule
+    from msathinker.policy import LoraOptions, PolicyOptions
+
+    model = resolve_model_path(args.model)
+    torch.set_num_threads(2)
+
+    class StepTimer(L.Callback):
+        def __init__(self):
+            self.times: list[float] = []
+
+        def on_train_batch_start(self, *_):
+            self.start = time.perf_counter()
+
+        def on_train_batch_end(self, *_):
+            self.times.append(time.perf_counter() - self.start)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        results = {}
+        for once in (True, False, True, False):  # alternate, to spread machine noise over both modes
+            L.seed_everything(0)
+            module = HintGRPOModule(
+                policy=PolicyOptions(model_path=model, lora=LoraOptions(r=8, alpha=16)),
+                grpo=GRPOOptions(
+                    num_generations=args.num_generations,
+                    max_completion_length=args.max_completion_length,
+                    encode_media_once=once,
+                ),
+                hint=PolarityHint(trigger="always"),
+            )
+            data = MSADataModule(
+                processor_path=model, batch_size=args.prompts, max_clips=args.prompts * (args.steps + 1),
+                max_pixels=args.max_pixels, max_frames=args.max_frames, media_cache_dir=f"{tmp}/media",
+            )  # fmt: skip
+            timer = StepTimer()
+            trainer = L.Trainer(
+                accelerator="cpu", max_steps=args.steps + 1, logger=False, enable_checkpointing=False,
+                enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[timer],
+            )  # fmt: skip
+            trainer.fit(module, datamodule=data)
+            results.setdefault(once, []).extend(timer.times[1:])
+        encode_once, re_encode = statistics.median(results[True]), statistics.median(results[False])
+        completions = args.prompts * args.num_generations
+        print(f"model {args.model}, {args.prompts} prompts x {args.num_generations} completions = {completions} per step,")
+        print(f"hint 'always' (two sampling passes), max_pixels {args.max_pixels}, max_frames {args.max_frames}")
+        print(f"encode once:           median step {encode_once:.3f} s over {len(results[True])} steps")
+        print(f"re-encode per completion: median step {re_encode:.3f} s over {len(results[False])} steps")
+        print(f"speed-up: {re_encode / encode_once:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
