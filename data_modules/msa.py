@@ -197,6 +197,7 @@ class MSADataset(Dataset):
         self.records = records
         self.cache = cache
         self.dataset = dataset
+        self.scale = scale_of(dataset).name
         self.targets = targets
 
     def __len__(self) -> int:
@@ -204,7 +205,8 @@ class MSADataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         r = self.records[index]
-        item = {"id": r.id, "text": r.text, "label": r.label, "dataset": self.dataset, **self.cache.load(r)}
+        item = {"id": r.id, "text": r.text, "label": r.label, "dataset": self.dataset, "scale": self.scale}
+        item.update(self.cache.load(r))
         if self.targets is not None:
             item["target"] = self.targets[r.id]
         return item
@@ -295,6 +297,7 @@ class MSACollator:
             "id": [it["id"] for it in items],
             "text": [it["text"] for it in items],
             "dataset": [it["dataset"] for it in items],
+            "scale": [it["scale"] for it in items],
             "label": torch.tensor([it["label"] for it in items], dtype=torch.float32),
         }
         return {"inputs": inputs, "meta": meta}

@@ -37,6 +37,7 @@ def test_batch_matches_stock_processor(tiny_model, media_cache):
     inputs, meta = batch["inputs"], batch["meta"]
     assert inputs["input_ids"].shape[0] == 3 and len(meta["id"]) == 3
     assert meta["label"].dtype == torch.float32 and all("$_$" in i for i in meta["id"])
+    assert meta["dataset"] == ["demo_mosi"] * 3 and meta["scale"] == ["mosei"] * 3
     assert inputs["video_grid_thw"].shape == (3, 3) and inputs["feature_attention_mask"].shape[0] == 3
     processor = dm.collator.processor
     tok = processor.tokenizer

@@ -196,3 +196,13 @@ def test_export_merged_reproduces_the_adapter_logits(tiny_model, tmp_path):
     sft.model.eval()
     with torch.no_grad():
         torch.testing.assert_close(merged(**batch).logits, sft.model(**batch).logits, rtol=1e-4, atol=1e-4)
+
+
+def test_full_fine_tune_freezes_the_towers_and_checkpointing_trains(tiny_model, tmp_path):
+    policy = PolicyOptions(model_path=tiny_model, lora=None, gradient_checkpointing=True)
+    sft = SFTModule(policy=policy, generation=GenerationOptions(max_new_tokens=4))
+    trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(sft, datamodule=datamodule(tiny_model, tmp_path))
+    params = dict(sft.model.named_parameters())
+    assert not any(p.requires_grad for n, p in params.items() if ".audio_tower." in n or ".visual." in n)
+    assert all(p.requires_grad for n, p in params.items() if ".language_model." in n)
+    assert sft.model.is_gradient_checkpointing
