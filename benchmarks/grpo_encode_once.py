@@ -64,7 +64,8 @@ def main() -> None:
             )
             data = MSADataModule(
                 processor_path=model, batch_size=args.prompts, max_clips=args.prompts * (args.steps + 1),
-                min_pixels=args.min_pixels, max_pixels=args.max_pixels, max_frames=args.max_frames, media_cache_dir=f"{tmp}/media",
+                min_pixels=args.min_pixels, max_pixels=args.max_pixels, max_frames=args.max_frames,
+                media_cache_dir=f"{tmp}/media",
             )  # fmt: skip
             timer = StepTimer()
             trainer = L.Trainer(
@@ -79,7 +80,8 @@ def main() -> None:
             f"model {args.model}, {args.prompts} prompts x {args.num_generations} completions = {completions} per step,"
         )
         print(
-            f"hint 'always' (two sampling passes), pixels {args.min_pixels}-{args.max_pixels}, max_frames {args.max_frames}"
+            f"hint 'always' (two sampling passes), pixels {args.min_pixels}-{args.max_pixels}, "
+            f"max_frames {args.max_frames}"
         )
         print(f"encode once:           median step {encode_once:.3f} s over {len(results[True])} steps")
         print(f"re-encode per completion: median step {re_encode:.3f} s over {len(results[False])} steps")
