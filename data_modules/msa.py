@@ -242,6 +242,7 @@ class MSACollator:
             "size": {"shortest_edge": min_pixels, "longest_edge": max_pixels},
         }
         self.system_prompt = system_prompt
+        self.output_format = output_format
         self.instruction = task_instruction(scale, output_format)
         tok = processor.tokenizer
         self.im_start_id = tok.convert_tokens_to_ids("<|im_start|>")
@@ -254,6 +255,8 @@ class MSACollator:
         if "audio" in self.modalities and not self.use_audio_in_video:
             content.append({"type": "audio", "audio": item["id"]})
         text = f"Transcript: {item['text']}\n{self.instruction}" if "text" in self.modalities else self.instruction
+        if item.get("note"):  # an extra line for this clip only (e.g. the label for a label-conditioned teacher)
+            text += "\n" + item["note"]
         content.append({"type": "text", "text": text})
         messages = [{"role": "user", "content": content}]
         if self.system_prompt is not None:
@@ -463,6 +466,11 @@ class MSADataModule(L.LightningDataModule):
             self.setup(stage)
 
     def setup(self, stage: str | None = None) -> None:
+        for split in self._splits_for(stage):
+            self.setup_split(split)
+
+    def setup_split(self, split: str) -> None:
+        """Validate, decode and index one split (label.csv mode); the train split also gets its SFT targets."""
         from msathinker.modeling import load_processor
 
         h = self.hparams
@@ -473,34 +481,33 @@ class MSADataModule(L.LightningDataModule):
                 processor, prompt_scale, tuple(h.modalities), h.use_audio_in_video, h.fps, h.min_pixels,
                 h.max_pixels, h.system_prompt, h.output_format,
             )  # fmt: skip
+        if split in self.datasets:
+            return
         root = self.root
         records, problems = read_label_table(root, self.scale, h.on_bad_clip)
-        targets = self._targets(records)
-        cache = self._media_cache()
-        for split in self._splits_for(stage):
-            if split in self.datasets:
-                continue
-            chosen = [r for r in records if r.mode == split][: h.max_clips]
+        chosen = [r for r in records if r.mode == split][: h.max_clips]
+        if not chosen:
+            modes = sorted({r.mode for r in records})
+            raise DataError(f"{root / 'label.csv'}: split {split!r} has no clips (modes present: {modes})")
+        targets = self._targets(records) if split == h.train_split else None
+        if targets is not None:
+            missing = [r for r in chosen if r.id not in targets]
+            if missing:
+                log.warning("%s: %d %s clips have no SFT target and are left out", root, len(missing), split)
+            chosen = [r for r in chosen if r.id in targets]
             if not chosen:
-                modes = sorted({r.mode for r in records})
-                raise DataError(f"{root / 'label.csv'}: split {split!r} has no clips (modes present: {modes})")
-            split_targets = targets if split == h.train_split and targets is not None else None
-            if split_targets is not None:
-                missing = [r for r in chosen if r.id not in split_targets]
-                if missing:
-                    log.warning("%s: %d %s clips have no SFT target and are left out", root, len(missing), split)
-                chosen = [r for r in chosen if r.id in split_targets]
-                if not chosen:
-                    raise DataError(f"{h.targets}: no target matches a clip of split {split!r} in {root}")
-            good, bad = self._decode_all(chosen, cache, split)
-            for message in problems if split == h.train_split else []:
-                log.warning("skipped: %s", message)
-            self.skipped[split] = len(bad) + (len(problems) if split == h.train_split else 0)
-            if self.skipped[split]:
-                log.warning("%s split %r: %d clip(s) skipped (on_bad_clip=skip)", root, split, self.skipped[split])
-            if not good:
-                raise DataError(f"{root}: every clip of split {split!r} is bad")
-            self.datasets[split] = MSADataset(good, cache, h.dataset, split_targets)
+                raise DataError(f"{h.targets}: no target matches a clip of split {split!r} in {root}")
+        cache = self._media_cache()
+        good, bad = self._decode_all(chosen, cache, split)
+        table_problems = [m for m in problems if split == h.train_split]
+        for message in table_problems:
+            log.warning("skipped: %s", message)
+        self.skipped[split] = len(bad) + len(table_problems)
+        if self.skipped[split]:
+            log.warning("%s split %r: %d clip(s) skipped (on_bad_clip=skip)", root, split, self.skipped[split])
+        if not good:
+            raise DataError(f"{root}: every clip of split {split!r} is bad")
+        self.datasets[split] = MSADataset(good, cache, h.dataset, targets)
 
     def _targets(self, records: list[ClipRecord]) -> dict[str, str] | None:
         h = self.hparams

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+from msathinker.synthesis.command import synthesize
+
 
 def tiny_checkpoint(
     out_dir: str,
@@ -100,5 +102,6 @@ COMMANDS = {
     "tiny-checkpoint": tiny_checkpoint,
     "demo-data": demo_data,
     "export-merged": export_merged,
+    "synthesize": synthesize,
     "recipe": recipe,
 }

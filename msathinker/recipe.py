@@ -76,12 +76,15 @@ def run_recipe(
         ]
         targets_args: list[str] = []
         if synthesize is not None:
-            from msathinker.synthesis import run_synthesis_config
+            from jsonargparse import CLI
+
+            from msathinker.synthesis.command import synthesize as synthesize_command
 
             records = out / "synthesis" / "records.jsonl"
-            results["synthesis"] = run_synthesis_config(
-                synthesize, output=str(records), experiment=experiment, parent_run_id=parent.info.run_id
-            )
+            args = ["--config", synthesize, "--output", str(records), "--experiment", experiment,
+                    "--parent_run_id", parent.info.run_id]  # fmt: skip
+            summary = CLI(synthesize_command, args=args)
+            results["synthesis"] = {k: float(v) for k, v in summary.items() if isinstance(v, int | float)}
             targets_args = ["--data.init_args.targets", str(records)]
         stage_dir = out / "sft"
         cli = _stage_cli(

@@ -1,0 +1,136 @@
+"""Stage 0: teacher chain-of-thought synthesis with the DC structure (method.md section 3).
+
+For each clip of the chosen splits: build the same prompt the student is trained with, ask the teacher for
+`num_samples` completions, keep the first that passes the filter (valid DC format, the label's polarity, score
+within tolerance) or else the least bad one, and append one record per clip to the output JSONL:
+
+    {"id", "video_id", "clip_id", "split", "prompt", "completion", "polarity", "score", "label", "label_polarity",
+     "kept", "reason", "samples_tried", "teacher"}
+
+The SFT stage reads the kept records directly (`data.init_args.targets: <jsonl>`). Re-running the same command
+skips the clips already written (see store.py for the crash-safety contract).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from msathinker.synthesis.filtering import FilterRules, best_sample, summarize
+from msathinker.synthesis.store import RecordStore
+from msathinker.synthesis.teachers import Clip, OpenAITeacher, RulesTeacher, Teacher, TeacherError, TransformersTeacher
+
+__all__ = [
+    "FilterRules",
+    "OpenAITeacher",
+    "RecordStore",
+    "RulesTeacher",
+    "Teacher",
+    "TeacherError",
+    "TransformersTeacher",
+    "run_synthesis",
+    "summarize",
+]
+
+log = logging.getLogger(__name__)
+
+
+def run_synthesis(
+    *,
+    teacher: Teacher,
+    output: str,
+    dataset: str = "demo_mosi",
+    data_root: str | None = None,
+    splits: list[str] | None = None,
+    processor_path: str = "tiny",
+    modalities: list[str] | None = None,
+    num_samples: int = 1,
+    label_conditioning: bool = False,
+    filter_rules: FilterRules | None = None,
+    batch_size: int = 8,
+    max_clips: int | None = None,
+    fps: float = 2.0,
+    max_frames: int = 16,
+    max_pixels: int = 16 * 28 * 28,
+    experiment: str | None = "synthesis",
+    parent_run_id: str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Synthesize (resuming from `output` if it exists); returns the summary of all records in the file."""
+    from tqdm.auto import tqdm
+
+    from data_modules.msa import MSADataModule
+    from msathinker.dc_format import polarity_of
+
+    splits = splits or ["train"]
+    rules = filter_rules or FilterRules()
+    data = MSADataModule(
+        dataset=dataset, data_root=data_root, processor_path=processor_path,
+        modalities=modalities or ["text", "audio", "video"], fps=fps, max_frames=max_frames, max_pixels=max_pixels,
+        max_clips=max_clips,
+    )  # fmt: skip
+    store = RecordStore(output)
+    for split in splits:  # validate and decode everything first: bad data fails before any teacher request
+        data.setup_split(split)
+    teacher.setup(data.collator)  # fails fast (e.g. an unreachable endpoint) before any work
+    started = time.perf_counter()
+    written = 0
+    for split in splits:
+        dataset_split = data.datasets[split]
+        todo = [i for i, r in enumerate(dataset_split.records) if r.id not in store.done]
+        scale = data.scale
+        bar = tqdm(total=len(todo), desc=f"synthesizing {split}", unit="clip", disable=not progress)
+        for start in range(0, len(todo), batch_size):
+            chunk = []
+            for i in todo[start : start + batch_size]:
+                item = dataset_split[i]
+                if label_conditioning:
+                    item["note"] = f"The annotated score is {item['label']:g}; explain it in this format."
+                chunk.append(Clip(item, str(dataset_split.records[i].path)))
+            for k, completions in teacher.complete(chunk, num_samples):
+                item, record = chunk[k].item, dataset_split.records[todo[start + k]]
+                text, parsed, reason = best_sample(
+                    completions, item["label"], scale, rules, data.collator.output_format
+                )
+                store.append(
+                    {
+                        "id": item["id"], "video_id": record.video_id, "clip_id": record.clip_id, "split": split,
+                        "prompt": data.collator.conversation(item)[-1]["content"][-1]["text"], "completion": text,
+                        "polarity": parsed.effective_polarity(scale), "score": parsed.score, "label": item["label"],
+                        "label_polarity": polarity_of(item["label"], scale), "kept": reason is None,
+                        "reason": reason, "samples_tried": len(completions), "teacher": teacher.name,
+                    }
+                )  # fmt: skip
+                written += 1
+                bar.update()
+        bar.close()
+    summary = summarize(store.records)
+    summary["written_this_run"] = written
+    summary["clips_per_second"] = written / max(time.perf_counter() - started, 1e-9)
+    print(json.dumps(summary, indent=2))
+    if experiment is not None:
+        _log_to_mlflow(summary, output, teacher, experiment, parent_run_id)
+    return summary
+
+
+def _log_to_mlflow(summary: dict[str, Any], output: str, teacher: Teacher, experiment: str, parent: str | None):
+    import mlflow
+
+    from msathinker.tracking import default_tracking_uri
+
+    client = mlflow.MlflowClient(default_tracking_uri())
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = found.experiment_id if found else client.create_experiment(experiment)
+    tags = {"mlflow.runName": "synthesis", **({"mlflow.parentRunId": parent} if parent else {})}
+    run = client.create_run(experiment_id, tags=tags)
+    client.log_param(run.info.run_id, "teacher", teacher.name)
+    for key, value in summary.items():
+        if isinstance(value, int | float):
+            client.log_metric(run.info.run_id, key, float(value))
+    for reason, count in summary["rejected_by_reason"].items():
+        client.log_metric(run.info.run_id, f"rejected/{reason.replace(' ', '_')}", float(count))
+    client.log_artifact(run.info.run_id, str(Path(output)))
+    client.set_terminated(run.info.run_id)
