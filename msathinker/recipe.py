@@ -31,17 +31,27 @@ def _redirect_checkpoints(trainer, directory: Path) -> None:
 
 def _test(cli, cross_domain: list[str]) -> dict[str, float]:
     """Test the trained model in-domain and on each cross-domain dataset (answers mapped to that range)."""
+    import lightning as L
+
     from data_modules import MSADataModule
     from msathinker.scales import scale_of
 
     results = dict(cli.trainer.test(cli.model, datamodule=cli.datamodule)[0])
     own_scale = cli.datamodule.scale.name
     for dataset in cross_domain:
-        hparams = {**cli.datamodule.hparams, "dataset": dataset, "data_root": None, "prompt_scale": own_scale}
-        if scale_of(dataset).name == own_scale:
-            hparams["prompt_scale"] = None
-        cli.model.prediction_scale = own_scale if hparams["prompt_scale"] else None
-        results.update(cli.trainer.test(cli.model, datamodule=MSADataModule(**hparams))[0])
+        hparams = {k: v for k, v in cli.datamodule.hparams.items() if not k.startswith("_")}
+        mapped = scale_of(dataset).name != own_scale
+        hparams.update(dataset=dataset, data_root=None, prompt_scale=own_scale if mapped else None)
+        cli.model.prediction_scale = own_scale if mapped else None
+        # a logger-free trainer: the stage run's params describe its own data; the metrics are logged below
+        tester = L.Trainer(
+            accelerator=cli.trainer.accelerator, devices=1, logger=False, enable_checkpointing=False,
+            limit_test_batches=cli.trainer.limit_test_batches, enable_progress_bar=False,
+        )  # fmt: skip
+        metrics = tester.test(cli.model, datamodule=MSADataModule(**hparams))[0]
+        if cli.trainer.logger is not None:
+            cli.trainer.logger.log_metrics(metrics, step=cli.trainer.global_step)
+        results.update(metrics)
     cli.model.prediction_scale = None
     return {k: float(v) for k, v in results.items()}
 

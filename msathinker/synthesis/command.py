@@ -7,8 +7,8 @@ from msathinker.synthesis.teachers import Teacher
 
 
 def synthesize(
-    teacher: Teacher,
-    output: str,
+    teacher: Teacher | None = None,
+    output: str = "runs/synthesis/records.jsonl",
     dataset: str = "demo_mosi",
     data_root: str | None = None,
     splits: list[str] | None = None,
@@ -30,7 +30,7 @@ def synthesize(
     Args:
         teacher: the backend (class_path/init_args): msathinker.synthesis.RulesTeacher (rule-based stand-in),
             msathinker.synthesis.TransformersTeacher (local omni checkpoint) or msathinker.synthesis.OpenAITeacher
-            (an OpenAI-compatible endpoint such as `vllm serve`).
+            (an OpenAI-compatible endpoint such as `vllm serve`); null: RulesTeacher.
         output: the JSONL to write; if it exists, clips already in it are skipped (resume).
         dataset: mosi, mosei, sims, simsv2, demo_mosi or demo_sims (picks the label scale).
         data_root: dataset directory (label.csv + Raw/); None for the demo datasets.
@@ -51,10 +51,10 @@ def synthesize(
 
     Returns the summary (kept / rejected by reason, teacher polarity accuracy and score MAE).
     """
-    from msathinker.synthesis import run_synthesis
+    from msathinker.synthesis import RulesTeacher, run_synthesis
 
     return run_synthesis(
-        teacher=teacher, output=output, dataset=dataset, data_root=data_root, splits=splits,
+        teacher=teacher or RulesTeacher(), output=output, dataset=dataset, data_root=data_root, splits=splits,
         processor_path=processor_path, modalities=modalities, num_samples=num_samples,
         label_conditioning=label_conditioning, filter_rules=filter, batch_size=batch_size, max_clips=max_clips,
         fps=fps, max_frames=max_frames, max_pixels=max_pixels, experiment=experiment,
