@@ -409,7 +409,7 @@ class MSADataModule(L.LightningDataModule):
         seed: int = 0,
     ):
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # the CLI logs the full resolved config instead
         self.scale = scale_of(dataset)
         bad = set(modalities) - {"text", "audio", "video"}
         if bad or not modalities:

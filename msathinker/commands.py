@@ -98,10 +98,42 @@ def recipe(
     run_recipe(experiment, output_dir, synthesize, sft, grpo, sft_args or [], grpo_args or [], cross_domain or [])
 
 
+def compare(
+    experiment: str | None = None,
+    tracking_uri: str | None = None,
+    out: str | None = None,
+    metrics: list[str] | None = None,
+) -> None:
+    """Print a table of an MLflow experiment's runs (differing params, final metrics) and write a PNG plot.
+
+    Args:
+        experiment: MLflow experiment name (e.g. quickstart).
+        tracking_uri: where the runs are; default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here.
+        out: the PNG to write (default compare-<experiment>.png).
+        metrics: keep only metrics whose name contains one of these (e.g. test/ reward); default all.
+    """
+    import pandas as pd
+
+    from msathinker.compare import comparison_table, load_runs, plot_comparison
+    from msathinker.tracking import default_tracking_uri
+
+    if experiment is None:
+        raise SystemExit("compare: give the experiment to compare, e.g. --experiment quickstart")
+    uri = tracking_uri or default_tracking_uri()
+    try:
+        runs = load_runs(experiment, uri)
+    except ValueError as exc:
+        raise SystemExit(f"compare: {exc}") from exc
+    with pd.option_context("display.max_columns", None, "display.width", 200):
+        print(comparison_table(runs, metrics).to_string(index=False))
+    print(f"plot: {plot_comparison(runs, uri, out or f'compare-{experiment}.png')}")
+
+
 COMMANDS = {
     "tiny-checkpoint": tiny_checkpoint,
     "demo-data": demo_data,
     "export-merged": export_merged,
     "synthesize": synthesize,
     "recipe": recipe,
+    "compare": compare,
 }

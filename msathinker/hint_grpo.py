@@ -103,7 +103,7 @@ class HintGRPOModule(OmniPolicyModule):
         seed: int = 0,
     ):
         super().__init__(policy, optimizer, scheduler, generation, output_format, unparsed_score, prediction_scale)
-        self.save_hyperparameters(ignore=["rewards", "hint"])
+        self.save_hyperparameters(ignore=["rewards", "hint"], logger=False)
         if grpo.num_generations < 2:
             raise ValueError(
                 f"grpo.num_generations must be >= 2 (a group needs a baseline), got {grpo.num_generations}"

@@ -46,7 +46,7 @@ class SFTModule(OmniPolicyModule):
         prediction_scale: Literal["mosei", "sims"] | None = None,
     ):
         super().__init__(policy, optimizer, scheduler, generation, output_format, unparsed_score, prediction_scale)
-        self.save_hyperparameters()
+        self.save_hyperparameters(logger=False)  # the CLI logs the full resolved config instead
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss = self.model(**batch["inputs"]).loss
