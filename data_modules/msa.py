@@ -469,8 +469,8 @@ class MSADataModule(L.LightningDataModule):
         for split in self._splits_for(stage):
             self.setup_split(split)
 
-    def setup_split(self, split: str) -> None:
-        """Validate, decode and index one split (label.csv mode); the train split also gets its SFT targets."""
+    def build_collator(self) -> MSACollator:
+        """The batch builder (loads the checkpoint's processor once)."""
         from msathinker.modeling import load_processor
 
         h = self.hparams
@@ -481,6 +481,12 @@ class MSADataModule(L.LightningDataModule):
                 processor, prompt_scale, tuple(h.modalities), h.use_audio_in_video, h.fps, h.min_pixels,
                 h.max_pixels, h.system_prompt, h.output_format,
             )  # fmt: skip
+        return self.collator
+
+    def setup_split(self, split: str) -> None:
+        """Validate, decode and index one split (label.csv mode); the train split also gets its SFT targets."""
+        h = self.hparams
+        self.build_collator()
         if split in self.datasets:
             return
         root = self.root

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 _TMP = Path(tempfile.mkdtemp(prefix="msathinker-tests-"))
+atexit.register(shutil.rmtree, _TMP, ignore_errors=True)
 os.environ.setdefault("MSATHINKER_CACHE", str(REPO / ".cache" / "msathinker"))
 os.environ["MPLCONFIGDIR"] = str(_TMP / "matplotlib")
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"

@@ -119,6 +119,13 @@ def test_endpoint_failures_keep_what_was_completed(tiny_model, tmp_path, script,
     assert len(records) == 1 and records[0]["completion"] == CANNED
 
 
+def test_other_4xx_fails_without_retry(tiny_model, tmp_path):
+    server = ChatServer(script=[400])
+    with server as url, pytest.raises(TeacherError, match=r"endpoint answered 400: .*scripted 400"):
+        synth(tiny_model, tmp_path, openai(url, max_in_flight=1), max_clips=1)
+    assert server.requests == 1
+
+
 def test_an_unreachable_endpoint_fails_before_any_work(tiny_model, tmp_path):
     with pytest.raises(TeacherError, match="not reachable"):
         synth(tiny_model, tmp_path, openai("http://127.0.0.1:9/v1"))

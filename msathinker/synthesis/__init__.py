@@ -73,9 +73,9 @@ def run_synthesis(
         max_clips=max_clips,
     )  # fmt: skip
     store = RecordStore(output)
-    for split in splits:  # validate and decode everything first: bad data fails before any teacher request
+    teacher.setup(data.build_collator())  # fails fast (e.g. an unreachable endpoint) before any decoding
+    for split in splits:  # then validate and decode everything: bad data fails before any teacher request
         data.setup_split(split)
-    teacher.setup(data.collator)  # fails fast (e.g. an unreachable endpoint) before any work
     started = time.perf_counter()
     written = 0
     for split in splits:
