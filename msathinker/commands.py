@@ -91,7 +91,8 @@ def recipe(
         grpo: Hint-GRPO config (stage 2), started from the SFT adapter; null stops after SFT.
         sft_args: extra command-line overrides of the SFT stage.
         grpo_args: extra command-line overrides of the Hint-GRPO stage.
-        cross_domain: datasets each trained model is also tested on (answers mapped between label ranges).
+        cross_domain: datasets each trained model is also tested on (answers mapped between label ranges):
+            a demo name (demo_sims) or name=root for real data (mosi=/data/MOSI).
     """
     from msathinker.recipe import run_recipe
 

@@ -38,10 +38,11 @@ def _test(cli, cross_domain: list[str]) -> dict[str, float]:
 
     results = dict(cli.trainer.test(cli.model, datamodule=cli.datamodule)[0])
     own_scale = cli.datamodule.scale.name
-    for dataset in cross_domain:
+    for entry in cross_domain:  # "demo_sims" or "mosi=/data/MOSI"
+        dataset, _, root = entry.partition("=")
         hparams = {k: v for k, v in cli.datamodule.hparams.items() if not k.startswith("_")}
         mapped = scale_of(dataset).name != own_scale
-        hparams.update(dataset=dataset, data_root=None, prompt_scale=own_scale if mapped else None)
+        hparams.update(dataset=dataset, data_root=root or None, prompt_scale=own_scale if mapped else None)
         cli.model.prediction_scale = own_scale if mapped else None
         # a logger-free trainer: the stage run's params describe its own data; the metrics are logged below
         tester = L.Trainer(
