@@ -1,7 +1,7 @@
 """Hint-GRPO step time with the media encoded once per prompt versus re-encoded for every completion and pass, on
 demo prompts. Prints the median step times and the ratio; asserts nothing.
 
-    python benchmarks/grpo_encode_once.py [--model tiny-small] [--steps 4] [--num-generations 4] [--min-pixels 50176]
+    python benchmarks/grpo_encode_once.py [--preset bench] [--steps 4] [--num-generations 4] [--min-pixels 50176]
 
 Larger frames (min/max_pixels; the demo clips are upscaled to min_pixels) give more video tokens and make the
 towers a bigger share of the step, as with real clips.
@@ -17,7 +17,9 @@ import time
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="tiny-small")
+    parser.add_argument(
+        "--preset", default="bench", help="tiny-checkpoint preset written for the run (tiny, small, bench)"
+    )
     parser.add_argument("--steps", type=int, default=4, help="timed steps per mode (after one warm-up)")
     parser.add_argument("--num-generations", type=int, default=4)
     parser.add_argument("--prompts", type=int, default=2, help="prompts per step")
@@ -32,11 +34,10 @@ def main() -> None:
 
     from callbacks import PolarityHint
     from data_modules import MSADataModule
-    from msathinker.assets import resolve_model_path
     from msathinker.hint_grpo import GRPOOptions, HintGRPOModule
     from msathinker.policy import LoraOptions, PolicyOptions
+    from msathinker.tiny import write_tiny_checkpoint
 
-    model = resolve_model_path(args.model)
     torch.set_num_threads(2)
 
     class StepTimer(L.Callback):
@@ -50,6 +51,7 @@ def main() -> None:
             self.times.append(time.perf_counter() - self.start)
 
     with tempfile.TemporaryDirectory() as tmp:
+        model = str(write_tiny_checkpoint(f"{tmp}/model", preset=args.preset))
         results = {}
         for once in (True, False, True, False):  # alternate, to spread machine noise over both modes
             L.seed_everything(0)
@@ -77,7 +79,8 @@ def main() -> None:
         encode_once, re_encode = statistics.median(results[True]), statistics.median(results[False])
         completions = args.prompts * args.num_generations
         print(
-            f"model {args.model}, {args.prompts} prompts x {args.num_generations} completions = {completions} per step,"
+            f"preset {args.preset}, {args.prompts} prompts x {args.num_generations} completions "
+            f"= {completions} per step,"
         )
         print(
             f"hint 'always' (two sampling passes), pixels {args.min_pixels}-{args.max_pixels}, "

@@ -21,7 +21,7 @@ from typing import Literal
 from msathinker.scales import SCALES
 
 TokenizerKind = Literal["small", "qwen"]
-Preset = Literal["tiny", "small"]
+Preset = Literal["tiny", "small", "bench"]
 
 # Ordered as in Qwen2.5-Omni so that, appended to the 151,643 base ranks, they get the real ids.
 OMNI_SPECIAL_TOKENS = (
@@ -81,6 +81,11 @@ PRESETS: dict[str, ModelPreset] = {
     ),
     "small": ModelPreset(
         256, 4, 8, 4, 704, (4, 6, 6), audio_d_model=64, audio_layers=2, vision_hidden=64, vision_depth=2
+    ),
+    # the "small" language model with towers of about its own size, as in Qwen2.5-Omni-7B (towers ~0.6B each beside
+    # a 7B LM, but running on 4x more patches than video tokens): for benchmarks where encoding cost matters
+    "bench": ModelPreset(
+        256, 4, 8, 4, 704, (4, 6, 6), audio_d_model=256, audio_layers=8, vision_hidden=256, vision_depth=8
     ),
 }
 
