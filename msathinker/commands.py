@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from msathinker.synthesis.command import synthesize
+from msathinker.synthesis import run_synthesis
 
 
 def tiny_checkpoint(
@@ -135,7 +135,7 @@ COMMANDS = {
     "tiny-checkpoint": tiny_checkpoint,
     "demo-data": demo_data,
     "export-merged": export_merged,
-    "synthesize": synthesize,
+    "synthesize": run_synthesis,
     "recipe": recipe,
     "compare": compare,
 }

@@ -89,12 +89,12 @@ def run_recipe(
         if synthesize is not None:
             from jsonargparse import CLI
 
-            from msathinker.synthesis.command import synthesize as synthesize_command
+            from msathinker.synthesis import run_synthesis
 
             records = out / "synthesis" / "records.jsonl"
             args = ["--config", synthesize, "--output", str(records), "--experiment", experiment,
                     "--parent_run_id", parent.info.run_id]  # fmt: skip
-            summary = CLI(synthesize_command, args=args)
+            summary = CLI(run_synthesis, args=args)
             results["synthesis"] = {k: float(v) for k, v in summary.items() if isinstance(v, int | float)}
             targets_args = ["--data.init_args.targets", str(records)]
         stage_dir = out / "sft"

@@ -39,9 +39,8 @@ log = logging.getLogger(__name__)
 
 
 def run_synthesis(
-    *,
-    teacher: Teacher,
-    output: str,
+    teacher: Teacher | None = None,
+    output: str = "runs/synthesis/records.jsonl",
     dataset: str = "demo_mosi",
     data_root: str | None = None,
     splits: list[str] | None = None,
@@ -49,7 +48,7 @@ def run_synthesis(
     modalities: list[str] | None = None,
     num_samples: int = 1,
     label_conditioning: bool = False,
-    filter_rules: FilterRules | None = None,
+    filter: FilterRules = FilterRules(),
     batch_size: int = 8,
     max_clips: int | None = None,
     fps: float = 2.0,
@@ -59,14 +58,41 @@ def run_synthesis(
     parent_run_id: str | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Synthesize (resuming from `output` if it exists); returns the summary of all records in the file."""
+    """Write teacher chain-of-thought in DC form for every clip of a dataset split, filtered against the labels.
+
+    Resumes from `output` if it exists; prints and returns the summary of all records in the file (kept / rejected
+    by reason, teacher polarity accuracy and score MAE, clips/s).
+
+    Args:
+        teacher: the backend (class_path/init_args): msathinker.synthesis.RulesTeacher (rule-based stand-in),
+            msathinker.synthesis.TransformersTeacher (local omni checkpoint) or msathinker.synthesis.OpenAITeacher
+            (an OpenAI-compatible endpoint such as `vllm serve`); null: RulesTeacher.
+        output: the JSONL to write; if it exists, clips already in it are skipped (resume).
+        dataset: mosi, mosei, sims, simsv2, demo_mosi or demo_sims (picks the label scale).
+        data_root: dataset directory (label.csv + Raw/); None for the demo datasets.
+        splits: label.csv modes to synthesize (default: [train]).
+        processor_path: checkpoint whose processor and chat template build the prompts (the student's, so the
+            records match what SFT trains on).
+        modalities: inputs given to the teacher, any of text, audio, video (default: all).
+        num_samples: completions asked per clip; the first one passing the filter is kept.
+        label_conditioning: tell the teacher the annotated score and ask it to explain it (off by default).
+        filter: which completions are kept (format, polarity, score tolerance).
+        batch_size: clips per teacher call (a generate batch, or the clips queued to the endpoint at once).
+        max_clips: only the first N clips of each split (quick runs).
+        fps: video frames sampled per second.
+        max_frames: most frames per clip.
+        max_pixels: most pixels per frame.
+        experiment: MLflow experiment of the summary run; null disables logging.
+        parent_run_id: MLflow run to nest the summary run under (the recipe sets it).
+        progress: show a progress bar.
+    """
     from tqdm.auto import tqdm
 
     from data_modules.msa import MSADataModule
     from msathinker.dc_format import polarity_of
 
+    teacher = teacher or RulesTeacher()
     splits = splits or ["train"]
-    rules = filter_rules or FilterRules()
     data = MSADataModule(
         dataset=dataset, data_root=data_root, processor_path=processor_path,
         modalities=modalities or ["text", "audio", "video"], fps=fps, max_frames=max_frames, max_pixels=max_pixels,
@@ -93,7 +119,7 @@ def run_synthesis(
             for k, completions in teacher.complete(chunk, num_samples):
                 item, record = chunk[k].item, dataset_split.records[todo[start + k]]
                 text, parsed, reason = best_sample(
-                    completions, item["label"], scale, rules, data.collator.output_format
+                    completions, item["label"], scale, filter, data.collator.output_format
                 )
                 store.append(
                     {
