@@ -9,7 +9,6 @@ the clipped policy loss (msathinker.grpo) over the completion tokens only (hint 
 
 from __future__ import annotations
 
-import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -25,8 +24,6 @@ from msathinker.grpo import LossType, RewardScale, group_advantages, group_rewar
 from msathinker.module import OmniPolicyModule
 from msathinker.policy import PolicyOptions
 from msathinker.rollout import Row, completion_logprobs, sample, split_prompt_media, unpadded_prompts
-
-log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,6 @@ skips the clips already written (see store.py for the crash-safety contract).
 from __future__ import annotations
 
 import json
-import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -34,8 +33,6 @@ __all__ = [
     "run_synthesis",
     "summarize",
 ]
-
-log = logging.getLogger(__name__)
 
 
 def run_synthesis(
