@@ -105,30 +105,26 @@ def compare(
     tracking_uri: str | None = None,
     out: str | None = None,
     metrics: list[str] | None = None,
+    run_name_contains: str | None = None,
 ) -> None:
     """Print a table of an MLflow experiment's runs (differing params, final metrics) and write a PNG plot.
 
+    Params equal in every run, and those that only name a run or its output location (default_root_dir, dirpath,
+    run_name, ...), are not shown; metrics show their final value. Nested runs are included, with their parent's
+    name. The PNG has the train/reward, train/hint_rate, train/frac_reward_zero_std and train/loss curves and bars
+    of the final test metrics (MAE, Corr, Non0_acc_2, Mult_acc_2, polarity_acc, format_rate).
+
     Args:
-        experiment: MLflow experiment name (e.g. quickstart).
+        experiment: MLflow experiment name (e.g. quickstart); without it the error lists the experiments.
         tracking_uri: where the runs are; default $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db here.
-        out: the PNG to write (default compare-<experiment>.png).
-        metrics: keep only metrics whose name contains one of these (e.g. test/ reward); default all.
+        out: the PNG to write (default compare-<experiment>.png here).
+        metrics: table only the metrics matching one of these globs, one per --metrics+ (e.g.
+            --metrics+ 'test/*' --metrics+ train/reward); default all but epoch.
+        run_name_contains: keep only the runs whose name contains this.
     """
-    import pandas as pd
+    from msathinker.compare import main
 
-    from msathinker.compare import comparison_table, load_runs, plot_comparison
-    from msathinker.tracking import default_tracking_uri
-
-    if experiment is None:
-        raise SystemExit("compare: give the experiment to compare, e.g. --experiment quickstart")
-    uri = tracking_uri or default_tracking_uri()
-    try:
-        runs = load_runs(experiment, uri)
-    except ValueError as exc:
-        raise SystemExit(f"compare: {exc}") from exc
-    with pd.option_context("display.max_columns", None, "display.width", 200):
-        print(comparison_table(runs, metrics).to_string(index=False))
-    print(f"plot: {plot_comparison(runs, uri, out or f'compare-{experiment}.png')}")
+    main(experiment, tracking_uri, out, metrics, run_name_contains)
 
 
 COMMANDS = {

@@ -1,97 +1,232 @@
-"""Comparing the runs of an MLflow experiment: the parameters that differ, the final metrics, and a plot.
+"""Comparing the runs of one MLflow experiment: the parameters that differ, the final metrics, and a plot.
 
-Parameters equal across every run are dropped (they say nothing about the difference), and so are those that
-name per-run paths (default_root_dir, dirpath, run_name, targets, adapter_path): they always differ.
+Every run logs its whole resolved config (about 200 dotted parameters), so a side-by-side view is only readable
+once it is cut down to what tells the runs apart. The rules:
+
+- Parameters: a parameter is shown when its value is not the same in every run that logged anything in its
+  section (the first part of its name: trainer, model, data, ...). A missing value counts as a value (an SFT run
+  has no model.init_args.hint.* options, a Hint-GRPO run has), but a run with nothing in the section is not
+  compared on it: a recipe's parent run (no parameters) or its synthesis run (only `teacher`) would otherwise
+  make every parameter "differ". Parameters that only name a run or say where it writes (the last part of the
+  name, after "." or "/", in `OUTPUT_PARAMS`: default_root_dir, dirpath, run_name, ...; Lightning flattens lists
+  with "/", as in trainer.callbacks/0/init_args/dirpath) are never shown: they differ between almost any two runs
+  and cannot explain a difference in their metrics. Inputs that are paths (model_path, adapter_path, targets,
+  data_root, ckpt_path, config) stay: they are part of what was compared.
+- Metrics: the final value of each, i.e. MLflow's latest value (the one at the highest step; same step: the
+  latest logged): the end of a train/* curve, the last validation, the test result. `epoch` (Lightning's
+  bookkeeping) is left out.
+
+Names keep their full dotted/slashed form, so a column can be pasted into a `--key value` override or an MLflow
+filter string.
 """
 
 from __future__ import annotations
 
+import fnmatch
+import re
+import shutil
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-PATH_PARAMS = ("default_root_dir", "dirpath", "run_name", "targets", "adapter_path", "tags")
+if TYPE_CHECKING:
+    import pandas as pd
+    from mlflow import MlflowClient
+
+OUTPUT_PARAMS = frozenset(
+    {"default_root_dir", "dirpath", "save_dir", "run_name", "run_id", "tracking_uri", "tags", "media_cache_dir"}
+)
 CURVES = ("train/reward", "train/hint_rate", "train/frac_reward_zero_std", "train/loss")
 BAR_METRICS = ("MAE", "Corr", "Non0_acc_2", "Mult_acc_2", "polarity_acc", "format_rate")
+METRIC_ORDER = ("test/", "val/", "train/")
 
 
-def load_runs(experiment: str, tracking_uri: str):
-    """All runs of `experiment` as a DataFrame (mlflow.search_runs' columns: params.*, metrics.*, tags.*)."""
-    import mlflow
+def _client(tracking_uri: str) -> MlflowClient:
+    """An MLflow client, refusing a SQLite URI whose file does not exist: MLflow would silently create an empty
+    database there, and the user would see "no experiment" instead of "wrong place"."""
+    from mlflow import MlflowClient
 
-    client = mlflow.MlflowClient(tracking_uri)
+    if tracking_uri.startswith("sqlite:///"):
+        path = Path(tracking_uri.removeprefix("sqlite:///").split("?", 1)[0])
+        if not path.is_file():
+            raise ValueError(
+                f"no tracking database {path} (tracking URI {tracking_uri}); give --tracking_uri or set "
+                "MLFLOW_TRACKING_URI"
+            )
+    return MlflowClient(tracking_uri)
+
+
+def experiment_names(tracking_uri: str) -> list[str]:
+    """Names of the active experiments at `tracking_uri` (for the error messages)."""
+    return sorted(e.name for e in _client(tracking_uri).search_experiments())
+
+
+def load_runs(experiment: str, tracking_uri: str, run_name_contains: str | None = None) -> pd.DataFrame:
+    """The experiment's runs, oldest first: one row per run with the columns run_id, run (name), parent (the
+    parent run's name, "" for a top-level run), status, start_time, params.<name> and metrics.<name> (the final
+    value). Nested runs are included; parents are resolved over the whole experiment, so a child keeps its parent's
+    name when `run_name_contains` (a substring of the run name) filters the parent out. Only the params and metrics
+    of the runs kept are columns.
+
+    Raises ValueError naming the existing experiments when there is no such experiment, and when it has no runs
+    (or none whose name contains `run_name_contains`).
+    """
+    import pandas as pd
+
+    client = _client(tracking_uri)
     found = client.get_experiment_by_name(experiment)
-    if found is None:
-        names = sorted(e.name for e in client.search_experiments())
-        raise ValueError(f"no experiment {experiment!r} at {tracking_uri}; experiments there: {names}")
-    mlflow.set_tracking_uri(tracking_uri)
-    runs = mlflow.search_runs(experiment_ids=[found.experiment_id])
-    if runs.empty:
-        raise ValueError(f"experiment {experiment!r} has no runs")
-    return runs
-
-
-def differing_params(runs) -> list[str]:
-    """params.* columns whose values are not all equal, without the per-run path parameters. Runs with no
-    parameters at all (e.g. a recipe's parent run) don't count."""
-    columns = [c for c in runs.columns if c.startswith("params.") and c.rsplit(".", 1)[-1] not in PATH_PARAMS]
-    with_params = runs[runs[columns].notna().any(axis=1)] if columns else runs
-    return [c for c in columns if with_params[c].astype(str).nunique(dropna=False) > 1]
-
-
-def comparison_table(runs, metric_patterns: list[str] | None = None):
-    """One row per run: name, parent, status, the differing params and the final value of each metric."""
-    metrics = [c for c in runs.columns if c.startswith("metrics.") and c != "metrics.epoch"]
-    if metric_patterns:
-        metrics = [c for c in metrics if any(p in c for p in metric_patterns)]
-    names = dict(zip(runs["run_id"], runs.get("tags.mlflow.runName", runs["run_id"]), strict=True))
-    table = runs[["run_id"]].copy()
-    table.insert(0, "run", runs.get("tags.mlflow.runName", runs["run_id"]))
-    parents = runs.get("tags.mlflow.parentRunId")
-    table["parent"] = (
-        parents.map(lambda p: names.get(p, "") if isinstance(p, str) else "") if parents is not None else ""
+    if found is None or found.lifecycle_stage != "active":
+        raise ValueError(
+            f"no experiment {experiment!r} at {tracking_uri}; experiments there: {experiment_names(tracking_uri)}"
+        )
+    runs, token = [], None
+    while True:
+        page = client.search_runs([found.experiment_id], order_by=["attributes.start_time ASC"], page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            break
+    if not runs:
+        raise ValueError(f"experiment {experiment!r} at {tracking_uri} has no runs")
+    names = {run.info.run_id: run.info.run_name for run in runs}
+    frame = pd.DataFrame(
+        [
+            {
+                "run_id": run.info.run_id,
+                "run": run.info.run_name,
+                "parent": names.get(parent, parent) if (parent := run.data.tags.get("mlflow.parentRunId")) else "",
+                "status": run.info.status,
+                "start_time": pd.Timestamp(run.info.start_time, unit="ms"),
+                **{f"params.{k}": v for k, v in run.data.params.items()},
+                **{f"metrics.{k}": v for k, v in run.data.metrics.items()},
+            }
+            for run in runs
+        ]
     )
-    table["status"] = runs["status"]
-    for column in differing_params(runs) + sorted(metrics):
-        table[column.split(".", 1)[1].replace("init_args.", "")] = runs[column]
-    return table.drop(columns=["run_id"]).reset_index(drop=True)
+    if run_name_contains is not None:
+        frame = frame[frame["run"].str.contains(run_name_contains, regex=False)].reset_index(drop=True)
+        if frame.empty:
+            raise ValueError(
+                f"no run of {experiment!r} has {run_name_contains!r} in its name; names: {sorted(set(names.values()))}"
+            )
+    return frame.dropna(axis=1, how="all")  # the params and metrics of runs filtered out
 
 
-def plot_comparison(runs, tracking_uri: str, out: str | Path) -> Path:
-    """Training curves (reward, hint rate, zero-std fraction, loss) and bars of the final test metrics."""
-    import matplotlib
+def differing_params(runs: pd.DataFrame) -> list[str]:
+    """Names (sorted, without "params.") of the parameters that differ between the runs; see the module docstring
+    for the rule."""
+    columns = sorted(c for c in runs.columns if c.startswith("params."))
+    sections = [re.split(r"[./]", c.removeprefix("params."))[0] for c in columns]
+    logged = runs[columns].notna().T.groupby(sections).any().T  # runs x section: logged anything in it
+    return [
+        c.removeprefix("params.")
+        for c, section in zip(columns, sections, strict=True)
+        if re.split(r"[./]", c)[-1] not in OUTPUT_PARAMS and runs.loc[logged[section], c].nunique(dropna=False) > 1
+    ]
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import mlflow
 
-    client = mlflow.MlflowClient(tracking_uri)
+def _metric_key(name: str) -> tuple[int, str]:
+    """test/ first, then val/, train/, the rest; alphabetical inside each group."""
+    group = next((i for i, prefix in enumerate(METRIC_ORDER) if name.startswith(prefix)), len(METRIC_ORDER))
+    return group, name
+
+
+def final_metrics(runs: pd.DataFrame, patterns: list[str] | None = None) -> pd.DataFrame:
+    """The final value of each metric (columns named without "metrics.", NaN where a run did not log it), one row
+    per run. `patterns` are shell-style globs matched against the whole name (`test/*`, `*/MAE`,
+    `train/reward`); by default every metric but `epoch`."""
+    names = [c.removeprefix("metrics.") for c in runs.columns if c.startswith("metrics.")]
+    names = [n for n in names if n != "epoch" and (not patterns or any(fnmatch.fnmatchcase(n, p) for p in patterns))]
+    names.sort(key=_metric_key)
+    return runs[[f"metrics.{n}" for n in names]].set_axis(names, axis=1)
+
+
+def comparison_table(runs: pd.DataFrame, metric_patterns: list[str] | None = None) -> pd.DataFrame:
+    """One row per run: run (name), id (first 8 characters, since fit and test of a config are two runs of the same
+    name), parent (only when some run is nested), status, the differing parameters, the final metrics."""
+    columns = ["run", "id", *(["parent"] if runs["parent"].astype(bool).any() else []), "status"]
+    head = runs.assign(id=runs["run_id"].str[:8])[columns]
+    params = runs[[f"params.{p}" for p in differing_params(runs)]].rename(columns=lambda c: c.removeprefix("params."))
+    return head.join(params).join(final_metrics(runs, metric_patterns)).reset_index(drop=True)
+
+
+def _labels(runs: pd.DataFrame) -> list[str]:
+    """Legend labels: the run name, with the short id when another run has the same name."""
+    repeated = runs["run"].duplicated(keep=False)
+    return [f"{n} ({i[:8]})" if r else n for n, i, r in zip(runs["run"], runs["run_id"], repeated, strict=True)]
+
+
+def plot_comparison(runs: pd.DataFrame, tracking_uri: str, out: str | Path) -> Path:
+    """Write a PNG: one panel per training curve in `CURVES` that some run logged (reward, hint rate, zero-std
+    groups, loss; over steps, one line per run) and a bar chart of the final test metrics in `BAR_METRICS` for
+    every dataset (runs without test metrics get no bars). A panel no run has is left out; with nothing at all to
+    draw the PNG says so. Uses the Agg canvas directly, so it never changes pyplot's backend (a notebook keeps its
+    inline plots)."""
+    import pandas as pd
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    client = _client(tracking_uri)
+    labels = _labels(runs)
     curves = [m for m in CURVES if f"metrics.{m}" in runs.columns and runs[f"metrics.{m}"].notna().any()]
     bars = sorted(c for c in runs.columns if c.startswith("metrics.test/") and c.rsplit("/", 1)[-1] in BAR_METRICS)
-    panels = len(curves) + (1 if bars else 0)
-    fig, axes = plt.subplots(1, max(panels, 1), figsize=(5 * max(panels, 1), 4), squeeze=False)
-    labels = runs.get("tags.mlflow.runName", runs["run_id"]).tolist()
-    for ax, metric in zip(axes[0], curves, strict=False):
-        for run_id, label in zip(runs["run_id"], labels, strict=True):
-            history = client.get_metric_history(run_id, metric)
-            if history:
-                ax.plot([m.step for m in history], [m.value for m in history], label=label)
-        ax.set_title(metric)
-        ax.set_xlabel("step")
+    ncols = max(len(curves), 1)
+    nrows = (1 if curves else 0) + (1 if bars else 0)
+    fig = Figure(figsize=(4.5 * ncols, 3.8 * max(nrows, 1)), layout="constrained")
+    FigureCanvasAgg(fig)
+    grid = fig.add_gridspec(max(nrows, 1), ncols)
+    for col, metric in enumerate(curves):
+        ax = fig.add_subplot(grid[0, col])
+        for run_id, label, value in zip(runs["run_id"], labels, runs[f"metrics.{metric}"], strict=True):
+            if pd.notna(value):  # the run logged this metric
+                history = sorted((m.step, m.value) for m in client.get_metric_history(run_id, metric))
+                ax.plot(*zip(*history, strict=True), label=label, marker="." if len(history) < 30 else None)
+        ax.set(title=metric, xlabel="step")
         ax.legend(fontsize=7)
     if bars:
-        ax = axes[0][len(curves)]
-        width = 0.8 / len(runs)
-        for i, label in enumerate(labels):
-            values = runs.iloc[i][bars].astype(float).fillna(0.0).tolist()
-            ax.bar([x + i * width for x in range(len(bars))], values, width=width, label=label)
+        ax = fig.add_subplot(grid[nrows - 1, :])
+        tested = runs[bars].notna().any(axis=1)
+        width = 0.8 / tested.sum()
+        shown = zip(pd.Series(labels, index=runs.index)[tested], runs.loc[tested, bars].values, strict=True)
+        for i, (label, values) in enumerate(shown):
+            drawn = ax.bar([x + i * width for x in range(len(bars))], values.astype(float), width=width, label=label)
+            ax.bar_label(drawn, fmt="%.3g", fontsize=6)  # a 0.0 bar would be invisible
         ax.set_xticks([x + 0.4 - width / 2 for x in range(len(bars))])
-        ax.set_xticklabels([b.removeprefix("metrics.test/") for b in bars], rotation=45, ha="right", fontsize=7)
+        ax.set_xticklabels([b.removeprefix("metrics.test/") for b in bars], rotation=30, ha="right", fontsize=8)
         ax.set_title("final test metrics")
         ax.legend(fontsize=7)
-    if not panels:
-        axes[0][0].text(0.5, 0.5, "no curves or test metrics logged", ha="center")
-    fig.tight_layout()
+    if not nrows:
+        fig.text(0.5, 0.5, f"no run logged {', '.join(CURVES)} or a test metric", ha="center", va="center")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=100)
-    plt.close(fig)
     return out
+
+
+def main(
+    experiment: str | None,
+    tracking_uri: str | None,
+    out: str | None,
+    metrics: list[str] | None,
+    run_name_contains: str | None,
+) -> None:
+    """The `compare` command (options documented in msathinker.commands.compare): print the table, write the plot.
+    A missing or unknown experiment or tracking database exits with the reason and the experiments that exist."""
+    from msathinker.tracking import default_tracking_uri
+
+    tracking_uri = tracking_uri or default_tracking_uri()
+    try:
+        if experiment is None:
+            raise ValueError(f"give --experiment NAME; experiments at {tracking_uri}: {experiment_names(tracking_uri)}")
+        runs = load_runs(experiment, tracking_uri, run_name_contains)
+    except ValueError as exc:
+        raise SystemExit(f"compare: {exc}") from exc
+    differing, total = len(differing_params(runs)), sum(c.startswith("params.") for c in runs.columns)
+    print(f"experiment {experiment!r} at {tracking_uri}: {len(runs)} runs; {differing} of {total} params differ")
+    table = comparison_table(runs, metrics)
+    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None  # a terminal gets blocks of its width
+    print(
+        table.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}", max_colwidth=60, line_width=width)
+    )
+    png = plot_comparison(runs, tracking_uri, out or f"compare-{experiment.replace('/', '_')}.png")
+    print(f"plot: {png}")

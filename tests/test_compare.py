@@ -1,78 +1,213 @@
-"""Run comparison: the table of differing params and final metrics, the plot, the command and the notebook."""
+"""Run comparison: the table of differing params and final metrics, the plot, the command and the notebook, on a
+small tracking DB written with the MLflow client."""
 
 from __future__ import annotations
 
 import os
+import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+EXPERIMENT = "ablations"
+DIFFERING = [
+    "model.init_args.hint.init_args.num_unhinted",  # only the mix run has it
+    "model.init_args.hint.init_args.use",
+    "model.init_args.optimizer.init_args.lr",
+]
+METRICS = [  # test/, val/, train/, the rest; no epoch
+    "test/demo_mosi/MAE",
+    "test/demo_mosi/Non0_acc_2",
+    "test/demo_mosi/format_rate",
+    "test/demo_mosi/polarity_acc",
+    "val/demo_mosi/MAE",
+    "train/hint_rate",
+    "train/loss",
+    "train/reward",
+    "hint_grpo/test/demo_mosi/MAE",
+]
+
+HINT_RUNS = (("hint_replace", "replace", "5e-05", 1.0), ("hint_mix", "mix", "1e-4", 2.0))  # name, use, lr, reward
 
 
-@pytest.fixture()
-def tracking(tmp_path):
-    """A small tracking DB: a parent run and three child runs that differ in two params."""
-    import mlflow
+@pytest.fixture(scope="module")
+def tracking(tmp_path_factory) -> str:
+    """Three runs of one experiment: a recipe-like parent without params, and two Hint-GRPO runs (one nested under
+    the parent) that differ in the hint use and the learning rate, share max_steps and seed, and have their own
+    default_root_dir and trainer.callbacks/0/init_args/dirpath. An empty second experiment is there too."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, Param
 
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    client = mlflow.MlflowClient(uri)
-    experiment = client.create_experiment("ablations")
-    parent = client.create_run(experiment, tags={"mlflow.runName": "recipe"}).info.run_id
-    for name, hint, lr, mae in (("hint_grpo", "prefix", "1e-4", 0.3), ("hint_prompt", "prompt", "1e-4", 0.35),
-                                ("grpo_no_hint", "none", "5e-5", 0.4)):  # fmt: skip
-        run = client.create_run(experiment, tags={"mlflow.runName": name, "mlflow.parentRunId": parent}).info.run_id
-        for key, value in {"model.init_args.hint.placement": hint, "model.init_args.optimizer.init_args.lr": lr,
-                           "trainer.max_steps": "60", "trainer.default_root_dir": f"runs/{name}"}.items():  # fmt: skip
-            client.log_param(run, key, value)
-        for step in range(5):
-            client.log_metric(run, "train/reward", 1.0 + step * mae, step=step)
-            client.log_metric(run, "train/hint_rate", 0.5 / (step + 1), step=step)
-        client.log_metric(run, "test/demo_mosi/MAE", mae, step=5)
-        client.log_metric(run, "test/demo_mosi/polarity_acc", 1 - mae, step=5)
+    uri = f"sqlite:///{tmp_path_factory.mktemp('tracking') / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment(EXPERIMENT)
+    client.create_experiment("empty")
+    now = int(time.time() * 1000)
+    parent = client.create_run(experiment, run_name="recipe", start_time=now).info.run_id
+    client.log_metric(parent, "hint_grpo/test/demo_mosi/MAE", 0.4)
+    for k, (name, use, lr, reward) in enumerate(HINT_RUNS):
+        tags = {"mlflow.parentRunId": parent} if name == "hint_replace" else {}
+        run = client.create_run(experiment, run_name=name, tags=tags, start_time=now + 1 + k).info.run_id
+        params = {
+            "model.class_path": "msathinker.HintGRPOModule",
+            "model.init_args.hint.init_args.use": use,
+            "model.init_args.optimizer.init_args.lr": lr,
+            "trainer.max_steps": "5",
+            "seed_everything": "0",
+            "trainer.default_root_dir": f"runs/{name}",
+            "trainer.callbacks/0/init_args/dirpath": f"runs/{name}/checkpoints",
+            **({"model.init_args.hint.init_args.num_unhinted": "2"} if use == "mix" else {}),
+        }
+        metrics = [
+            *(Metric("train/reward", reward + 0.1 * step, now, step) for step in range(5)),
+            *(Metric("train/hint_rate", 0.5 / (step + 1), now, step) for step in range(5)),
+            *(Metric("train/loss", 1.0 / (step + 1), now, step) for step in range(5)),
+            *(Metric("epoch", 0.0, now, step) for step in range(5)),
+            Metric("val/demo_mosi/MAE", 0.9 - k, now, 2),
+            Metric("val/demo_mosi/MAE", 0.6 - k / 10, now, 4),
+            *(Metric(f"test/demo_mosi/{m}", v - k / 10, now, 5) for m, v in (("MAE", 0.5), ("polarity_acc", 0.9),
+                                                                              ("format_rate", 1.0))),
+        ]  # fmt: skip
+        if name == "hint_replace":
+            metrics.append(Metric("test/demo_mosi/Non0_acc_2", 0.8, now, 5))
+        client.log_batch(run, metrics=metrics, params=[Param(k, v) for k, v in params.items()])
         client.set_terminated(run)
+    client.set_terminated(parent)
     return uri
 
 
-def test_table_keeps_only_differing_params_and_final_metrics(tracking, tmp_path):
-    from msathinker.compare import comparison_table, load_runs, plot_comparison
+def env(**extra: str) -> dict[str, str]:
+    """The test process's environment (conftest's MPLCONFIGDIR, MLFLOW_DISABLE_TELEMETRY) plus `extra`."""
+    return {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", **extra}
 
-    runs = load_runs("ablations", tracking)
-    table = comparison_table(runs, ["test/", "train/reward"])
-    children = table[table["parent"] == "recipe"].set_index("run")
-    assert {"model.hint.placement", "model.optimizer.lr"} <= set(table.columns)
-    assert "trainer.max_steps" not in table.columns and "trainer.default_root_dir" not in table.columns
-    assert children.loc["hint_prompt", "test/demo_mosi/MAE"] == pytest.approx(0.35)
-    assert children.loc["grpo_no_hint", "train/reward"] == pytest.approx(1.0 + 4 * 0.4)
-    png = plot_comparison(runs, tracking, tmp_path / "plot.png")
-    assert png.stat().st_size > 10_000
+
+def compare(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "msathinker", "compare", *args], capture_output=True, text=True,
+                          env=env(), cwd=cwd, timeout=120)  # fmt: skip
+
+
+def test_table_has_exactly_the_differing_params_and_the_final_metrics(tracking):
+    from msathinker.compare import comparison_table, differing_params, load_runs
+
+    runs = load_runs(EXPERIMENT, tracking)
+    assert runs["run"].tolist() == ["recipe", "hint_replace", "hint_mix"]  # oldest first
+    assert differing_params(runs) == DIFFERING
+    table = comparison_table(runs)
+    assert table.columns.tolist() == ["run", "id", "parent", "status", *DIFFERING, *METRICS]
+    rows = table.set_index("run")
+    assert rows.loc["hint_replace", "parent"] == "recipe" and rows.loc["hint_mix", "parent"] == ""
+    assert rows.loc["hint_mix", "model.init_args.hint.init_args.use"] == "mix"
+    assert pd.isna(rows.loc["hint_replace", "model.init_args.hint.init_args.num_unhinted"])
+    assert rows.loc["hint_mix", "train/reward"] == pytest.approx(2.4)  # the value at the last step
+    assert rows.loc["hint_replace", "train/hint_rate"] == pytest.approx(0.1)
+    assert rows.loc["hint_mix", "val/demo_mosi/MAE"] == pytest.approx(0.5)  # the last validation
+    assert rows.loc["hint_replace", "test/demo_mosi/MAE"] == pytest.approx(0.5)
+    assert pd.isna(rows.loc["hint_mix", "test/demo_mosi/Non0_acc_2"])
+    assert rows.loc["recipe", "hint_grpo/test/demo_mosi/MAE"] == pytest.approx(0.4)
+    assert set(rows["status"]) == {"FINISHED"}
+
+
+def test_metric_globs_and_run_name_filter(tracking):
+    from msathinker.compare import comparison_table, load_runs
+
+    runs = load_runs(EXPERIMENT, tracking, run_name_contains="hint_")
+    assert runs["run"].tolist() == ["hint_replace", "hint_mix"]
+    table = comparison_table(runs, ["test/*/MAE", "train/reward"])
+    # the parent is filtered out but still named; lr and use still differ between the two
+    assert table.columns.tolist() == ["run", "id", "parent", "status", *DIFFERING, "test/demo_mosi/MAE", "train/reward"]
+    assert table["parent"].tolist() == ["recipe", ""]
+    with pytest.raises(ValueError, match=r"no run of 'ablations' has 'sft'.*hint_mix"):
+        load_runs(EXPERIMENT, tracking, run_name_contains="sft")
+
+
+def test_errors_name_what_exists(tracking, tmp_path):
+    from msathinker.compare import load_runs
+
+    with pytest.raises(ValueError, match=r"no experiment 'nope'.*\['Default', 'ablations', 'empty'\]"):
+        load_runs("nope", tracking)
+    with pytest.raises(ValueError, match=r"experiment 'empty' .* has no runs"):
+        load_runs("empty", tracking)
+    with pytest.raises(ValueError, match="no tracking database"):
+        load_runs(EXPERIMENT, f"sqlite:///{tmp_path / 'missing.db'}")
+    assert not (tmp_path / "missing.db").exists()  # MLflow would have created an empty one
+
+
+def test_plot_is_written_and_skips_what_no_run_has(tracking, tmp_path):
+    from msathinker.compare import load_runs, plot_comparison
+
+    png = plot_comparison(load_runs(EXPERIMENT, tracking), tracking, tmp_path / "sub" / "plot.png")
+    assert png == tmp_path / "sub" / "plot.png" and png.stat().st_size > 20_000
+    # 100 dpi: reward, hint rate and loss panels of 450 x 380 (no run has train/frac_reward_zero_std), bars below
+    assert png_size(png) == (3 * 450, 2 * 380)
+    # the parent alone has no curve and no test/ metric: the PNG is still written, one panel with a note
+    nothing = plot_comparison(load_runs(EXPERIMENT, tracking, "recipe"), tracking, tmp_path / "nothing.png")
+    assert png_size(nothing) == (450, 380)
+
+
+def png_size(path: Path) -> tuple[int, int]:
+    """Width and height from the PNG header (IHDR)."""
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", data[16:24])
 
 
 def test_compare_command(tracking, tmp_path):
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking}
-    command = [sys.executable, "-m", "msathinker", "compare", "--experiment", "ablations", "--out",
-               str(tmp_path / "c.png")]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    result = compare("--experiment", EXPERIMENT, "--tracking_uri", tracking, "--out", str(tmp_path / "c.png"),
+                     "--metrics+", "test/*", "--metrics+", "train/reward", cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "hint_prompt" in result.stdout and "model.hint.placement" in result.stdout
-    assert (tmp_path / "c.png").is_file()
-    command[command.index("ablations")] = "nope"
-    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
-    assert result.returncode != 0 and "no experiment 'nope'" in result.stderr and "ablations" in result.stderr
+    assert "3 runs; 3 of 8 params differ" in result.stdout
+    for text in ("hint_replace", "hint_mix", "recipe", *DIFFERING, "test/demo_mosi/MAE", "train/reward"):
+        assert text in result.stdout
+    assert "train/loss" not in result.stdout and "default_root_dir" not in result.stdout
+    assert (tmp_path / "c.png").stat().st_size > 0
+    result = compare("--experiment", EXPERIMENT, "--tracking_uri", tracking, "--run_name_contains", "mix",
+                     cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "hint_mix" in result.stdout and "hint_replace" not in result.stdout
+    assert (tmp_path / f"compare-{EXPERIMENT}.png").stat().st_size > 0  # the default --out
+
+
+def test_compare_command_errors(tracking, tmp_path):
+    result = compare("--experiment", "nope", "--tracking_uri", tracking, cwd=tmp_path)
+    assert result.returncode != 0
+    assert "no experiment 'nope'" in result.stderr and "'ablations', 'empty'" in result.stderr
+    result = compare("--experiment", "empty", "--tracking_uri", tracking, cwd=tmp_path)
+    assert result.returncode != 0 and "has no runs" in result.stderr
+    result = compare("--tracking_uri", tracking, cwd=tmp_path)
+    assert result.returncode != 0 and "give --experiment" in result.stderr and "ablations" in result.stderr
+    assert not list(tmp_path.glob("*.png"))
+
+
+def test_help_stays_light():
+    """`python -m msathinker --help` must not import MLflow or matplotlib (the compare command imports them late)."""
+    probe = "import sys, msathinker.__main__ as m; m.main(['--help']); print(sorted({'mlflow', 'matplotlib', 'pandas'} & set(sys.modules)))"  # noqa: E501
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env(), cwd=REPO)
+    assert "compare" in result.stdout and result.stdout.strip().endswith("[]"), result.stdout + result.stderr
 
 
 def test_notebook_runs_headless(tracking, tmp_path, monkeypatch):
     import nbformat
     from nbclient import NotebookClient
 
+    # the kernel inherits this process's environment
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking)
-    monkeypatch.setenv("MSATHINKER_COMPARE_EXPERIMENT", "ablations")
-    notebook = nbformat.read(REPO / "notebooks/compare_runs.ipynb", as_version=4)
+    monkeypatch.setenv("MSATHINKER_COMPARE_EXPERIMENT", EXPERIMENT)
+    monkeypatch.setenv("MPLCONFIGDIR", str(tmp_path / "matplotlib"))
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    notebook = nbformat.read(REPO / "notebooks" / "compare_runs.ipynb", as_version=4)
     NotebookClient(
-        notebook, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+        notebook, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
     ).execute()
     outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.outputs]
-    assert not any(o.output_type == "error" for o in outputs)
-    assert (tmp_path / "compare-ablations.png").is_file()
+    assert not [o for o in outputs if o.output_type == "error"]
+    shown = "\n".join(str(o.get("data", {}).get("text/plain", "")) + o.get("text", "") for o in outputs)
+    assert "hint_mix" in shown and "model.init_args.hint.init_args.use" in shown
+    assert any("image/png" in o.get("data", {}) for o in outputs)  # the plot, inline
+    found = notebook.cells[-1].outputs[0]["data"]["text/plain"]  # the search_runs filter with backticks
+    assert "hint_mix" in found and "hint_replace" not in found
+    assert (tmp_path / f"compare-{EXPERIMENT}.png").is_file()
