@@ -211,3 +211,20 @@ def test_a_raising_reward_does_not_stop_training(tiny_model, tmp_path):
     t.fit(module, datamodule=datamodule(tiny_model, tmp_path))
     assert t.callback_metrics["train/rewards/every_other/failures"] > 0
     assert t.callback_metrics["train/rewards/every_other/mean"] == 1.0
+
+
+class LengthReward(Reward):
+    name = "length"
+
+    def score(self, s: RewardInput) -> float:
+        return float(len(s.completion) % 7)
+
+
+def test_dynamic_sampling_trains_on_groups_with_reward_variance(tiny_model, tmp_path):
+    module = grpo_module(tiny_model, dynamic_sampling=True)
+    module.rewards = [FormatReward(), LengthReward()]
+    t = trainer(tmp_path, max_steps=2, max_epochs=2)
+    t.fit(module, datamodule=datamodule(tiny_model, tmp_path))
+    assert t.global_step == 2
+    assert "train/dynamic_sampling_buffer" in t.callback_metrics
+    assert t.callback_metrics["train/frac_reward_zero_std"] < 1.0
