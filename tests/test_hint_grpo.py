@@ -228,3 +228,20 @@ def test_dynamic_sampling_trains_on_groups_with_reward_variance(tiny_model, tmp_
     assert t.global_step == 2
     assert "train/dynamic_sampling_buffer" in t.callback_metrics
     assert t.callback_metrics["train/frac_reward_zero_std"] < 1.0
+
+
+def test_rollout_table_is_logged_to_mlflow(tiny_model, tmp_path):
+    import mlflow
+    from lightning.pytorch.loggers import MLFlowLogger
+
+    from callbacks import RolloutTable
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    logger = MLFlowLogger(experiment_name="rollouts", tracking_uri=uri)
+    t = trainer(tmp_path, max_steps=2, logger=logger, callbacks=[RolloutTable(every_n_steps=1, max_rows=3)])
+    t.fit(grpo_module(tiny_model), datamodule=datamodule(tiny_model, tmp_path))
+    client = mlflow.MlflowClient(uri)
+    tables = [a.path for a in client.list_artifacts(logger.run_id, "rollouts")]
+    assert tables == ["rollouts/step000001.json", "rollouts/step000002.json"]
+    table = client.load_table(logger.experiment_id, run_ids=[logger.run_id], artifact_file=tables[0])
+    assert len(table) == 3 and {"id", "completion", "hinted", "reward", "format"} <= set(table.columns)
