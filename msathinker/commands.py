@@ -9,7 +9,7 @@ from msathinker.synthesis import run_synthesis
 
 def tiny_checkpoint(
     out_dir: str,
-    preset: Literal["tiny", "small", "bench"] = "tiny",
+    preset: Literal["tiny", "small", "bench", "medium"] = "tiny",
     tokenizer: Literal["small", "qwen"] = "small",
     layout: Literal["thinker", "full"] = "thinker",
     seed: int = 0,
@@ -18,8 +18,9 @@ def tiny_checkpoint(
 
     Args:
         out_dir: directory to write (config.json, model.safetensors, tokenizer and processor files).
-        preset: model size: "tiny" (text hidden 64, 2 layers; tests), "small" (hidden 256, 4 layers; the quickstart)
-            or "bench" (the small LM with audio/vision towers of similar size; encoding benchmarks).
+        preset: model size: "tiny" (text hidden 64, 2 layers; tests), "small" (hidden 256, 4 layers; the
+            quickstart), "bench" (the small LM with audio/vision towers of similar size; encoding benchmarks) or
+            "medium" (text hidden 1024, 8 layers, small towers; the 4-bit memory benchmark).
         tokenizer: "small" (byte-level BPE trained on the demo corpus) or "qwen" (the real Qwen2 vocabulary with
             the Qwen2.5-Omni special-token ids).
         layout: "thinker" (a thinker-only checkpoint) or "full" (Qwen2_5OmniForConditionalGeneration layout

@@ -81,7 +81,9 @@ def load_thinker(
             load_in_4bit=True,
             bnb_4bit_quant_type=quantization,
             bnb_4bit_compute_dtype=getattr(torch, dtype),
-            llm_int8_skip_modules=["audio_tower", "visual", "lm_head"],
+            # full module paths: transformers matches these from the start of the name (or as a suffix), so a
+            # bare "audio_tower" would leave the towers to be quantized
+            llm_int8_skip_modules=["model.audio_tower", "model.visual", "lm_head"],
         )
         kwargs["device_map"] = device_map or ("cuda" if torch.cuda.is_available() else "cpu")
     elif device_map is not None:

@@ -21,7 +21,7 @@ from typing import Literal
 from msathinker.scales import SCALES
 
 TokenizerKind = Literal["small", "qwen"]
-Preset = Literal["tiny", "small", "bench"]
+Preset = Literal["tiny", "small", "bench", "medium"]
 
 # Ordered as in Qwen2.5-Omni so that, appended to the 151,643 base ranks, they get the real ids.
 OMNI_SPECIAL_TOKENS = (
@@ -86,6 +86,11 @@ PRESETS: dict[str, ModelPreset] = {
     # a 7B LM, but running on 4x more patches than video tokens): for benchmarks where encoding cost matters
     "bench": ModelPreset(
         256, 4, 8, 4, 704, (4, 6, 6), audio_d_model=256, audio_layers=8, vision_hidden=256, vision_depth=8
+    ),
+    # a wider, deeper language model (~100M parameters in its attention/MLP projections) with the small towers: the
+    # projections dominate the weights as in a 7B model, which is what a 4-bit base shrinks (memory benchmark)
+    "medium": ModelPreset(
+        1024, 8, 16, 4, 2816, (8, 12, 12), audio_d_model=64, audio_layers=2, vision_hidden=64, vision_depth=2
     ),
 }
 
