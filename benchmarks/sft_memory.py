@@ -184,6 +184,8 @@ def report(preset: str, runs: dict[str, list[dict]], args: argparse.Namespace) -
     ):
         none, nf4 = median("none", key), median("nf4", key)
         print(f"{label:44}{mb(none):>12}{mb(nf4):>12}{nf4 / none:10.3f}")
+    none, nf4 = (statistics.median(r["train_peak"] - r["rss_after_build"] for r in runs[q]) for q in QUANTIZATIONS)
+    print(f"{'growth while training (peak - once built)':44}{mb(none):>12}{mb(nf4):>12}{nf4 / none:10.3f}")
     print("where the bytes go (exact, first run):")
     first = {q: runs[q][0] for q in QUANTIZATIONS}
     for part in PARTS:
