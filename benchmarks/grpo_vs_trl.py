@@ -42,7 +42,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from step_stats import StepClock, lightning_step_clock, run_worker, write_result  # noqa: E402
+from step_stats import StepClock, lightning_step_clock, run_worker, write_result
 
 
 def text_data(args):
@@ -187,9 +187,12 @@ def run_trl(args, clock: StepClock) -> dict:
         train_dataset=dataset,
         processing_class=tokenizer,
         peft_config=LoraConfig(
-            r=lora.r, lora_alpha=lora.alpha, lora_dropout=lora.dropout, target_modules=lora.target_modules,
+            r=lora.r,
+            lora_alpha=lora.alpha,
+            lora_dropout=lora.dropout,
+            target_modules=lora.target_modules,
             task_type="CAUSAL_LM",
-        ),  # fmt: skip
+        ),
         callbacks=[Clock()],
     )
     trainer.train()
@@ -225,8 +228,11 @@ def main() -> None:
     parser.add_argument("--gradient-checkpointing", action="store_true", help="on both sides")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--threads", type=int, default=1, help="torch threads per run (on a shared machine, more threads than free "
-        "cores make OpenMP spin-waits dominate the step time)"
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads per run (on a shared machine, more threads than free "
+        "cores make OpenMP spin-waits dominate the step time)",
     )
     parser.add_argument("--worker", choices=["trl", "ours"], help=argparse.SUPPRESS)
     parser.add_argument("--worker-out", help=argparse.SUPPRESS)
@@ -244,7 +250,7 @@ def main() -> None:
 
     import tempfile
 
-    passed = [a for a in sys.argv[1:]]
+    passed = sys.argv[1:]
     runs: dict[str, list[dict]] = {"trl": [], "ours": []}
     with tempfile.TemporaryDirectory() as tmp:
         for _ in range(args.rounds):
@@ -265,10 +271,12 @@ def main() -> None:
             f"mean completion {s['length']:.1f} tokens, peak RSS {s['process_peak']:.0f} MB, training peak "
             f"{s['train_peak']:.0f} MB (+{s['train_peak'] - s['train_start']:.0f} MB over train start)"
         )
+    growth = (ours["train_peak"] - ours["train_start"]) / max(trl["train_peak"] - trl["train_start"], 1e-9)
     print(
-        f"ours / TRL: steps/s {trl['step'] / ours['step']:.2f}x, peak RSS {ours['process_peak'] / trl['process_peak']:.2f}x, "
-        f"training peak {ours['train_peak'] / trl['train_peak']:.2f}x, growth during training "
-        f"{(ours['train_peak'] - ours['train_start']) / max(trl['train_peak'] - trl['train_start'], 1e-9):.2f}x"
+        f"ours / TRL: steps/s {trl['step'] / ours['step']:.2f}x, peak RSS "
+        f"{ours['process_peak'] / trl['process_peak']:.2f}x, training peak "
+        f"{ours['train_peak'] / trl['train_peak']:.2f}x, "
+        f"growth during training {growth:.2f}x"
     )
 
 

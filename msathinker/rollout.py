@@ -156,14 +156,24 @@ def sample(
     use_audio_in_video: bool,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Sample one completion per row (KV-cached generate). Returns the completion ids of each row, cut after its
-    first EOS (kept, as TRL does), and a bool tensor marking rows that hit max_new_tokens without an EOS.
+    first EOS (kept, as TRL does), and a bool tensor marking rows that hit max_new_tokens without an EOS. Each distinct
+    prompt (a group) is prefilled once and its KV cache shared by its rows.
 
     The media placeholder and boundary tokens are suppressed: their (tiny, after SFT) probability mass is the only
     difference between the sampling and the log-prob distributions."""
-    kwargs, prompt_len = model_kwargs(model, rows, pad_id, use_audio_in_video)
+    thinker = thinker_of(model)
+    prompts, owner = distinct_prompts(rows)
+    kwargs, prompt_len = model_kwargs(model, prompts, pad_id, use_audio_in_video)
+    # prefill each distinct prompt but its last token once, then let generate continue every row from that cache
+    prefix = {k: v[:, :-1] if k in ("input_ids", "attention_mask", "inputs_embeds") else v for k, v in kwargs.items()}
+    cache = thinker.model(**prefix, use_cache=True).past_key_values
+    cache.reorder_cache(owner)
+    thinker.model.rope_deltas = thinker.model.rope_deltas[owner]  # the prefill's TMRoPE offsets, one per row
     output = model.generate(
-        **kwargs,
-        suppress_tokens=media_token_ids(thinker_of(model).config),
+        input_ids=kwargs["input_ids"][owner],
+        attention_mask=kwargs["attention_mask"][owner],
+        past_key_values=cache,
+        suppress_tokens=media_token_ids(thinker.config),
         max_new_tokens=max_new_tokens,
         do_sample=True,
         temperature=temperature,
@@ -183,16 +193,23 @@ def sample(
     return completions, torch.tensor(truncated)
 
 
-def _shared_prompt_hidden(model, rows: list[Row], pad_id: int, use_audio_in_video: bool):
-    """Hidden states that predict each row's completion tokens, running each distinct prompt (same ids, same media)
-    through the LM once and its completions from the prompt's keys/values. Returns (hidden, targets, mask)."""
-    thinker = thinker_of(model)
-    groups: dict = {}
-    owner = torch.tensor([groups.setdefault((id(r.media), tuple(r.prompt_ids.tolist())), len(groups)) for r in rows])
-    first = {}
-    for i, g in enumerate(owner.tolist()):
+def distinct_prompts(rows: list[Row]) -> tuple[list[Row], torch.Tensor]:
+    """The distinct prompts of rows (same ids and same media: a GRPO group) as completion-less rows, and the index of
+    each row's prompt among them."""
+    index: dict = {}
+    owner = [index.setdefault((id(r.media), tuple(r.prompt_ids.tolist())), len(index)) for r in rows]
+    first: dict[int, int] = {}
+    for i, g in enumerate(owner):
         first.setdefault(g, i)
     prompts = [Row(rows[i].prompt_ids, rows[i].media) for i in first.values()]
+    return prompts, torch.tensor(owner, device=rows[0].prompt_ids.device)
+
+
+def _shared_prompt_hidden(model, rows: list[Row], pad_id: int, use_audio_in_video: bool):
+    """Hidden states that predict each row's completion tokens, running each distinct prompt through the LM once and
+    its completions from the prompt's keys/values. Returns (hidden, targets, mask)."""
+    thinker = thinker_of(model)
+    prompts, owner = distinct_prompts(rows)
     kwargs, _ = model_kwargs(model, prompts, pad_id, use_audio_in_video)
     prompt_mask = kwargs["attention_mask"]
     audio_lengths = kwargs["feature_attention_mask"].sum(-1) if "feature_attention_mask" in kwargs else None
@@ -208,7 +225,6 @@ def _shared_prompt_hidden(model, rows: list[Row], pad_id: int, use_audio_in_vide
     for i, r in enumerate(rows):
         targets[i, : len(r.completion_ids)] = r.completion_ids
         mask[i, : len(r.completion_ids)] = 1
-    owner = owner.to(device)
     hidden = out.last_hidden_state[owner, -1:]  # the last prompt position predicts the first completion token
     if width > 1:  # completion tokens 0..width-2 predict tokens 1..width-1; text continues after the prompt's max
         cache = out.past_key_values
