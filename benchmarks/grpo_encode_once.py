@@ -1,18 +1,27 @@
-"""Hint-GRPO step time with the media encoded once per prompt versus re-encoded for every completion and pass, on
-demo prompts. Prints the median step times and the ratio; asserts nothing.
+"""The multimodal variant of benchmarks/grpo_vs_trl.py (TRL has no audio+video path for an omni thinker): Hint-GRPO
+step time with the media encoded once per prompt per step versus re-encoded in every pass, on demo prompts with
+audio and video. Prints the median step times and the ratio; asserts nothing.
 
     python benchmarks/grpo_encode_once.py [--preset bench] [--steps 4] [--num-generations 4] [--min-pixels 50176]
 
-Larger frames (min/max_pixels; the demo clips are upscaled to min_pixels) give more video tokens and make the
-towers a bigger share of the step, as with real clips.
+"encode once" is our default path (towers once per prompt per step; each group's prompt prefilled once and shared
+through the KV cache in sampling and in the log-prob pass). "re-encode" is the naive path (encode_media_once=False,
+share_prompts=False): the towers run again in every sampling pass and for every completion in the log-prob pass, as
+a trainer that feeds raw media with every row would do. Larger frames (min/max_pixels; the demo clips are upscaled
+to min_pixels) give more video tokens and make the towers a bigger share of the step, as with real clips.
 """
 
 from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import tempfile
-import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from step_stats import StepClock, lightning_step_clock
 
 
 def main() -> None:
@@ -40,16 +49,6 @@ def main() -> None:
 
     torch.set_num_threads(2)
 
-    class StepTimer(L.Callback):
-        def __init__(self):
-            self.times: list[float] = []
-
-        def on_train_batch_start(self, *_):
-            self.start = time.perf_counter()
-
-        def on_train_batch_end(self, *_):
-            self.times.append(time.perf_counter() - self.start)
-
     with tempfile.TemporaryDirectory() as tmp:
         model = str(write_tiny_checkpoint(f"{tmp}/model", preset=args.preset))
         results = {}
@@ -61,6 +60,7 @@ def main() -> None:
                     num_generations=args.num_generations,
                     max_completion_length=args.max_completion_length,
                     encode_media_once=once,
+                    share_prompts=once,
                 ),
                 hint=PolarityHint(trigger="always"),
             )
@@ -69,13 +69,14 @@ def main() -> None:
                 min_pixels=args.min_pixels, max_pixels=args.max_pixels, max_frames=args.max_frames,
                 media_cache_dir=f"{tmp}/media",
             )  # fmt: skip
-            timer = StepTimer()
+            clock = StepClock()
             trainer = L.Trainer(
                 accelerator="cpu", max_steps=args.steps + 1, logger=False, enable_checkpointing=False,
-                enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0, callbacks=[timer],
+                enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
+                callbacks=[lightning_step_clock(clock)],
             )  # fmt: skip
             trainer.fit(module, datamodule=data)
-            results.setdefault(once, []).extend(timer.times[1:])
+            results.setdefault(once, []).extend(clock.result(warmup=1)["step_times"])
         encode_once, re_encode = statistics.median(results[True]), statistics.median(results[False])
         completions = args.prompts * args.num_generations
         print(
@@ -86,8 +87,8 @@ def main() -> None:
             f"hint 'always' (two sampling passes), pixels {args.min_pixels}-{args.max_pixels}, "
             f"max_frames {args.max_frames}"
         )
-        print(f"encode once:           median step {encode_once:.3f} s over {len(results[True])} steps")
-        print(f"re-encode per completion: median step {re_encode:.3f} s over {len(results[False])} steps")
+        print(f"encode once:             median step {encode_once:.3f} s over {len(results[True])} steps")
+        print(f"re-encode in every pass: median step {re_encode:.3f} s over {len(results[False])} steps")
         print(f"speed-up: {re_encode / encode_once:.2f}x")
 
 

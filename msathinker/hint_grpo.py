@@ -64,8 +64,14 @@ class GRPOOptions:
     max_grad_norm: float | None = 1.0
     """Gradient clipping by global norm; None disables it."""
     encode_media_once: bool = True
-    """Run the audio/vision towers once per prompt per step (False re-encodes for every completion and pass; only
-    for benchmarking)."""
+    """Run the audio/vision towers once per prompt per step (False feeds the raw media to every forward: the towers
+    run again in each sampling pass and log-prob pass, for every completion unless share_prompts; only for
+    benchmarking)."""
+    share_prompts: bool = True
+    """In the log-prob passes, run each prompt through the LM once per group and its G completions from the prompt's
+    KV cache (same log-probs and gradients as full rows; LoRA dropout then draws one mask for the shared prompt).
+    Off under policy.gradient_checkpointing, which drops the cache; False runs every prompt + completion row in full,
+    as TRL does."""
 
 
 class HintGRPOModule(OmniPolicyModule):
@@ -257,6 +263,7 @@ class HintGRPOModule(OmniPolicyModule):
             pad_id=self.processor.tokenizer.pad_token_id,
             use_audio_in_video=self._use_audio_in_video,
             with_entropy=with_entropy,
+            share_prompts=self.grpo.share_prompts and not self.policy.gradient_checkpointing,
         )
 
     @contextmanager

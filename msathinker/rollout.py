@@ -134,6 +134,15 @@ def model_kwargs(model, rows: list[Row], pad_id: int, use_audio_in_video: bool) 
     return kwargs, prompt_len
 
 
+def media_token_ids(config) -> list[int]:
+    """The media placeholder and boundary tokens of a thinker config: a sampled one would break TMRoPE positions
+    and the feature scatter, so sampling suppresses them."""
+    return [
+        config.audio_token_index, config.image_token_index, config.video_token_index, config.audio_start_token_id,
+        config.audio_end_token_id, config.vision_start_token_id, config.vision_end_token_id,
+    ]  # fmt: skip
+
+
 @torch.no_grad()
 def sample(
     model,
@@ -147,19 +156,24 @@ def sample(
     use_audio_in_video: bool,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Sample one completion per row (KV-cached generate). Returns the completion ids of each row, cut after its
-    first EOS (kept, as TRL does), and a bool tensor marking rows that hit max_new_tokens without an EOS.
+    first EOS (kept, as TRL does), and a bool tensor marking rows that hit max_new_tokens without an EOS. Each distinct
+    prompt (a group) is prefilled once and its KV cache shared by its rows.
 
     The media placeholder and boundary tokens are suppressed: their (tiny, after SFT) probability mass is the only
     difference between the sampling and the log-prob distributions."""
-    kwargs, prompt_len = model_kwargs(model, rows, pad_id, use_audio_in_video)
-    config = thinker_of(model).config
-    media_tokens = [  # a sampled media token would break TMRoPE positions and the feature scatter: never sample one
-        config.audio_token_index, config.image_token_index, config.video_token_index, config.audio_start_token_id,
-        config.audio_end_token_id, config.vision_start_token_id, config.vision_end_token_id,
-    ]  # fmt: skip
+    thinker = thinker_of(model)
+    prompts, owner = distinct_prompts(rows)
+    kwargs, prompt_len = model_kwargs(model, prompts, pad_id, use_audio_in_video)
+    # prefill each distinct prompt but its last token once, then let generate continue every row from that cache
+    prefix = {k: v[:, :-1] if k in ("input_ids", "attention_mask", "inputs_embeds") else v for k, v in kwargs.items()}
+    cache = thinker.model(**prefix, use_cache=True).past_key_values
+    cache.reorder_cache(owner)
+    thinker.model.rope_deltas = thinker.model.rope_deltas[owner]  # the prefill's TMRoPE offsets, one per row
     output = model.generate(
-        **kwargs,
-        suppress_tokens=media_tokens,
+        input_ids=kwargs["input_ids"][owner],
+        attention_mask=kwargs["attention_mask"][owner],
+        past_key_values=cache,
+        suppress_tokens=media_token_ids(thinker.config),
         max_new_tokens=max_new_tokens,
         do_sample=True,
         temperature=temperature,
@@ -179,21 +193,84 @@ def sample(
     return completions, torch.tensor(truncated)
 
 
+def distinct_prompts(rows: list[Row]) -> tuple[list[Row], torch.Tensor]:
+    """The distinct prompts of rows (same ids and same media: a GRPO group) as completion-less rows, and the index of
+    each row's prompt among them."""
+    index: dict = {}
+    owner = [index.setdefault((id(r.media), tuple(r.prompt_ids.tolist())), len(index)) for r in rows]
+    first: dict[int, int] = {}
+    for i, g in enumerate(owner):
+        first.setdefault(g, i)
+    prompts = [Row(rows[i].prompt_ids, rows[i].media) for i in first.values()]
+    return prompts, torch.tensor(owner, device=rows[0].prompt_ids.device)
+
+
+def _shared_prompt_hidden(model, rows: list[Row], pad_id: int, use_audio_in_video: bool):
+    """Hidden states that predict each row's completion tokens, running each distinct prompt through the LM once and
+    its completions from the prompt's keys/values. Returns (hidden, targets, mask)."""
+    thinker = thinker_of(model)
+    prompts, owner = distinct_prompts(rows)
+    kwargs, _ = model_kwargs(model, prompts, pad_id, use_audio_in_video)
+    prompt_mask = kwargs["attention_mask"]
+    audio_lengths = kwargs["feature_attention_mask"].sum(-1) if "feature_attention_mask" in kwargs else None
+    positions, _ = thinker.model.get_rope_index(
+        kwargs["input_ids"], None, kwargs.get("video_grid_thw"), prompt_mask, use_audio_in_video, audio_lengths,
+        kwargs.get("video_second_per_grid"),
+    )  # fmt: skip
+    out = thinker.model(**kwargs, position_ids=positions, use_cache=True)
+    device = prompt_mask.device
+    width = max(len(r.completion_ids) for r in rows)
+    targets = torch.full((len(rows), width), pad_id, dtype=torch.long, device=device)
+    mask = torch.zeros(len(rows), width, device=device)
+    for i, r in enumerate(rows):
+        targets[i, : len(r.completion_ids)] = r.completion_ids
+        mask[i, : len(r.completion_ids)] = 1
+    hidden = out.last_hidden_state[owner, -1:]  # the last prompt position predicts the first completion token
+    if width > 1:  # completion tokens 0..width-2 predict tokens 1..width-1; text continues after the prompt's max
+        cache = out.past_key_values
+        cache.reorder_cache(owner)
+        start = positions.masked_fill(prompt_mask[None] == 0, -1).amax(dim=(0, 2)) + 1
+        steps = start[owner, None] + torch.arange(width - 1, device=device)
+        tail = thinker.model.language_model(
+            inputs_embeds=thinker.get_input_embeddings()(targets[:, :-1]),
+            attention_mask=torch.cat([prompt_mask[owner], mask[:, :-1].long()], dim=1),
+            position_ids=steps[None].expand(3, -1, -1),
+            past_key_values=cache,
+            use_cache=True,
+        ).last_hidden_state
+        hidden = torch.cat([hidden, tail], dim=1)
+    return hidden, targets, mask
+
+
 def completion_logprobs(
-    model, rows: list[Row], *, temperature: float, pad_id: int, use_audio_in_video: bool, with_entropy: bool = False
+    model,
+    rows: list[Row],
+    *,
+    temperature: float,
+    pad_id: int,
+    use_audio_in_video: bool,
+    with_entropy: bool = False,
+    share_prompts: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Per-token log-probs (temperature-scaled, as the sampler saw them) of each row's completion.
 
     Returns logp (rows, T), mask (rows, T) of real completion tokens, and optionally the per-token entropy. The LM
     head runs on the completion positions only, so long multimodal prompts don't materialise vocab-sized logits.
+    With share_prompts, rows with the same prompt (a GRPO group) run it through the LM once and their completions
+    from its KV cache: the same log-probs and gradients (the prompt's activations receive the summed gradient of its
+    completions) for prompt tokens computed once per group instead of once per row. The cache is dropped under
+    gradient checkpointing, so leave it off there.
     """
     thinker = thinker_of(model)
-    kwargs, prompt_len = model_kwargs(model, rows, pad_id, use_audio_in_video)
-    width = kwargs["input_ids"].shape[1] - prompt_len
-    hidden = thinker.model(**kwargs).last_hidden_state[:, prompt_len - 1 : prompt_len - 1 + width]
+    if share_prompts:
+        hidden, targets, mask = _shared_prompt_hidden(model, rows, pad_id, use_audio_in_video)
+    else:
+        kwargs, prompt_len = model_kwargs(model, rows, pad_id, use_audio_in_video)
+        width = kwargs["input_ids"].shape[1] - prompt_len
+        hidden = thinker.model(**kwargs).last_hidden_state[:, prompt_len - 1 : prompt_len - 1 + width]
+        targets = kwargs["input_ids"][:, prompt_len:]
+        mask = kwargs["attention_mask"][:, prompt_len:].float()
     logits = thinker.lm_head(hidden).float()
-    targets = kwargs["input_ids"][:, prompt_len:]
-    mask = kwargs["attention_mask"][:, prompt_len:].float()
     logp = token_logprobs(logits, targets, temperature)
     entropy = None
     if with_entropy:

@@ -121,6 +121,41 @@ def test_encode_once_matches_re_encoding(tiny_model, tmp_path):
     torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-5)
 
 
+def test_shared_prompts_give_the_same_samples_logprobs_and_gradients(tiny_model, tmp_path):
+    from msathinker.rollout import Row, completion_logprobs, sample, split_prompt_media, unpadded_prompts
+
+    module = HintGRPOModule(policy=PolicyOptions(model_path=tiny_model, lora=LoraOptions(r=4, alpha=8, dropout=0.0)))
+    module.configure_model()
+    torch.manual_seed(0)
+    for param in module.model.parameters():  # a non-zero adapter, so the gradient reaches the prompt's activations
+        if param.requires_grad:
+            param.data.normal_(0, 0.05)
+    dm = datamodule(tiny_model, tmp_path)
+    dm.setup("validate")
+    inputs = next(iter(dm.val_dataloader()))["inputs"]
+    prompts, media = unpadded_prompts(inputs), split_prompt_media(module.model, inputs, True)
+    hinted = torch.cat([prompts[1], torch.tensor([11, 12, 13])])  # a hinted row: same media, longer prompt
+    tok = module.processor.tokenizer
+    rows = [Row(p, m) for p, m in zip(prompts, media, strict=True) for _ in range(3)] + [Row(hinted, media[1])]
+    torch.manual_seed(1)
+    completions, _ = sample(module.model, rows, max_new_tokens=8, temperature=1.0, top_p=1.0,
+                            eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id, use_audio_in_video=False)  # fmt: skip
+    for row, ids in zip(rows, completions, strict=True):
+        row.completion_ids = ids[: 2 + len(row.prompt_ids) % 5]  # ragged lengths
+    results = []
+    for share in (False, True):
+        module.model.zero_grad()
+        logp, mask, _ = completion_logprobs(module.model, rows, temperature=0.7, pad_id=tok.pad_token_id,
+                                            use_audio_in_video=False, share_prompts=share)  # fmt: skip
+        (logp * mask).sum().backward()
+        grads = [p.grad.clone() for p in module.model.parameters() if p.requires_grad]
+        results.append((logp * mask, mask, grads))
+    torch.testing.assert_close(results[1][0], results[0][0], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(results[1][1], results[0][1])
+    for shared, full in zip(results[1][2], results[0][2], strict=True):
+        torch.testing.assert_close(shared, full, rtol=1e-4, atol=1e-6)
+
+
 def test_towers_run_once_per_step_and_hints_are_prompt(tiny_model, tmp_path):
     module = grpo_module(tiny_model, num_iterations=2, micro_batch_size=4)
     module.configure_model()
