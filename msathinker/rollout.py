@@ -134,6 +134,28 @@ def model_kwargs(model, rows: list[Row], pad_id: int, use_audio_in_video: bool) 
     return kwargs, prompt_len
 
 
+class PerRowGumbelSampling:
+    """LogitsProcessor that, after temperature and top-p, adds Gumbel noise drawn from each row's own generator, so
+    that greedy decoding samples exactly from the warped softmax (Gumbel-max trick: argmax(s_i + G_i), G_i = -log E_i,
+    E_i ~ Exp(1) i.i.d., picks i with probability softmax(s)_i). A row's tokens then depend only on its prompt and
+    its generator, never on the other rows of the batch or on the process it runs in."""
+
+    def __init__(self, temperature: float, top_p: float, generators: list[torch.Generator]):
+        from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+        self.warpers = LogitsProcessorList([TemperatureLogitsWarper(temperature)])
+        if top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(top_p))
+        self.generators = generators
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = self.warpers(input_ids, scores.float())
+        exponential = torch.stack(
+            [torch.empty(scores.shape[-1], device=scores.device).exponential_(generator=g) for g in self.generators]
+        )
+        return scores - exponential.log()
+
+
 @torch.no_grad()
 def sample(
     model,
@@ -145,28 +167,37 @@ def sample(
     eos_ids: list[int],
     pad_id: int,
     use_audio_in_video: bool,
+    generators: list[torch.Generator] | None = None,
+    synced_gpus: bool = False,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Sample one completion per row (KV-cached generate). Returns the completion ids of each row, cut after its
     first EOS (kept, as TRL does), and a bool tensor marking rows that hit max_new_tokens without an EOS.
 
     The media placeholder and boundary tokens are suppressed: their (tiny, after SFT) probability mass is the only
-    difference between the sampling and the log-prob distributions."""
+    difference between the sampling and the log-prob distributions. With `generators` (one per row) each row samples
+    from its own generator (PerRowGumbelSampling); else from the global RNG (transformers' multinomial sampling).
+    `synced_gpus` keeps this rank stepping until every rank is done (needed when the model is FSDP-sharded)."""
     kwargs, prompt_len = model_kwargs(model, rows, pad_id, use_audio_in_video)
     config = thinker_of(model).config
     media_tokens = [  # a sampled media token would break TMRoPE positions and the feature scatter: never sample one
         config.audio_token_index, config.image_token_index, config.video_token_index, config.audio_start_token_id,
         config.audio_end_token_id, config.vision_start_token_id, config.vision_end_token_id,
     ]  # fmt: skip
+    if generators is None:
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+    else:
+        from transformers import LogitsProcessorList
+
+        processor = LogitsProcessorList([PerRowGumbelSampling(temperature, top_p, generators)])
+        sampling = {"do_sample": False, "logits_processor": processor}
     output = model.generate(
         **kwargs,
+        **sampling,
         suppress_tokens=media_tokens,
         max_new_tokens=max_new_tokens,
-        do_sample=True,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=0,
         eos_token_id=eos_ids,
         pad_token_id=pad_id,
+        synced_gpus=synced_gpus,
     )
     new = output[:, prompt_len:]
     is_eos = torch.isin(new, torch.tensor(eos_ids, device=new.device))
