@@ -93,7 +93,8 @@ class OmniPolicyModule(L.LightningModule):
 
     def _end_eval(self, stage: str) -> None:
         metrics = self.evaluator.compute()
-        self.log_dict({f"{stage}/{self.eval_dataset}/{k}": v for k, v in metrics.items()})
+        # torchmetrics already reduced the states over the ranks: every rank logs the same values
+        self.log_dict({f"{stage}/{self.eval_dataset}/{k}": v for k, v in metrics.items()}, sync_dist=True)
 
     def on_validation_epoch_start(self) -> None:
         self._start_eval()

@@ -1,7 +1,8 @@
 """Two processes on CPU (gloo), launched by Lightning from `python -m msathinker fit` with the strategy in YAML:
 DDP and FSDP2 (ModelParallelStrategy) give the same per-step losses and final adapter as one process with the same
 global batch, for SFT and Hint-GRPO; an FSDP2 run saved (distributed checkpoint) and resumed ends where an
-uninterrupted one does.
+uninterrupted one does. Also the pieces that make this hold: the rank-sharded resumable sampler and the
+per-completion seeded sampler (exact distribution, independent of the batch a row is in).
 
 SGD keeps the weight comparison meaningful: Adam divides each gradient by its own magnitude, which turns fp32
 rounding noise on near-zero gradients (e.g. LoRA A at step 0, while B is 0) into full-size updates.
@@ -22,9 +23,11 @@ import yaml
 from safetensors.torch import load_file
 
 from callbacks import Reward, RewardInput
+from data_modules.msa import EpochSeededSampler
+from msathinker.rollout import PerRowGumbelSampling, Row, sample, split_prompt_media, unpadded_prompts
 
 REPO = Path(__file__).resolve().parents[1]
-STEPS = 3
+STEPS = 2
 RTOL, ATOL = 1e-4, 1e-6
 """Per-step train metrics (loss; GRPO also mean reward) of 1 and 2 processes agree to these tolerances (fp32
 reductions in another order). GRPO's loss with num_iterations 1 is ~0 (the ratio is 1 and the advantages are
@@ -51,6 +54,59 @@ class VowelReward(Reward):
     def score(self, sample: RewardInput) -> float:
         text = sample.completion.lower()
         return sum(c in "aeiou" for c in text) / max(len(text), 1)
+
+
+def test_sampler_gives_two_ranks_the_global_batches_of_one_process():
+    dataset = list(range(10))
+    one = list(EpochSeededSampler(dataset, seed=3))
+    ranks = [list(EpochSeededSampler(dataset, seed=3, num_replicas=2, rank=r)) for r in (0, 1)]
+    for step in range(2):  # batch 2 per rank = batch 4 in one process
+        assert sorted(ranks[0][2 * step : 2 * step + 2] + ranks[1][2 * step : 2 * step + 2]) == sorted(
+            one[4 * step : 4 * step + 4]
+        )
+    assert len(ranks[0]) == len(ranks[1]) == 5
+    resumed = [list(EpochSeededSampler(dataset, seed=3, resume_skip=4, num_replicas=2, rank=r)) for r in (0, 1)]
+    assert resumed == [ranks[0][2:], ranks[1][2:]]  # after 1 step of 2 x 2 samples
+    odd = [list(EpochSeededSampler(list(range(5)), seed=3, num_replicas=2, rank=r)) for r in (0, 1)]
+    assert len(odd[0]) == len(odd[1]) == 3 and set(odd[0] + odd[1]) == set(range(5))  # padded, nothing lost
+
+
+def test_per_row_gumbel_sampling_draws_from_the_warped_softmax():
+    logits = torch.tensor([2.0, 1.0, 0.5, -1.0, -3.0])
+    temperature, top_p, n = 0.7, 0.9, 20000
+    probs = torch.softmax(logits / temperature, -1)
+    keep = (probs.cumsum(-1) - probs) < top_p  # sorted descending already: the nucleus
+    expected = torch.where(keep, probs, 0.0) / probs[keep].sum()
+    generators = [torch.Generator().manual_seed(i) for i in range(n)]
+    picks = PerRowGumbelSampling(temperature, top_p, generators)(None, logits.expand(n, -1)).argmax(-1)
+    frequencies = torch.bincount(picks, minlength=len(logits)).float() / n
+    torch.testing.assert_close(frequencies, expected, rtol=0, atol=4 * (0.25 / n) ** 0.5)
+    assert frequencies[-1] == 0  # outside the nucleus
+
+
+def test_per_row_seeds_make_completions_independent_of_the_batch(tiny_model, tmp_path):
+    from data_modules import MSADataModule
+    from msathinker.policy import LoraOptions, PolicyOptions, build_policy
+
+    model, processor = build_policy(PolicyOptions(model_path=tiny_model, lora=LoraOptions(r=4)))
+    dm = MSADataModule(processor_path=tiny_model, max_clips=3, eval_batch_size=3, media_cache_dir=str(tmp_path))
+    dm.setup("validate")
+    inputs = next(iter(dm.val_dataloader()))["inputs"]
+    media = split_prompt_media(model, inputs, encode_once=True)
+    prompts = unpadded_prompts(inputs)
+    tok = processor.tokenizer
+    options = dict(max_new_tokens=10, temperature=1.0, top_p=1.0, eos_ids=[tok.convert_tokens_to_ids("<|im_end|>")],
+                   pad_id=tok.pad_token_id, use_audio_in_video=False)  # fmt: skip
+
+    def generate(indices: list[int]) -> list[list[int]]:
+        rows = [Row(prompts[i], media[i]) for i in indices]
+        generators = [torch.Generator().manual_seed(100 + i) for i in indices]
+        return [c.tolist() for c in sample(model, rows, generators=generators, **options)[0]]
+
+    batched = generate([0, 1, 2])
+    assert [generate([i])[0] for i in range(3)] == batched
+    assert generate([2, 0]) == [batched[2], batched[0]]
+    assert len({tuple(c) for c in batched}) == 3
 
 
 def free_port() -> int:
@@ -100,6 +156,8 @@ def fit(
     """Run `python -m msathinker fit` with the given strategy; returns the per-step train metrics (loss, and reward
     for GRPO) and the final adapter."""
     devices = 1 if strategy == "single" else 2
+    checkpoints = {"dirpath": str(root / "checkpoints"), "save_last": True, "save_top_k": 0,
+                   "every_n_train_steps": 1, "enable_version_counter": False}  # fmt: skip
     trainer = {
         "accelerator": "cpu",
         "devices": devices,
@@ -115,13 +173,7 @@ def fit(
             "class_path": "lightning.pytorch.loggers.CSVLogger",
             "init_args": {"save_dir": str(root), "name": "csv", "version": 0},
         },
-        "callbacks": [
-            {
-                "class_path": "lightning.pytorch.callbacks.ModelCheckpoint",
-                "init_args": {"dirpath": str(root / "checkpoints"), "save_last": True, "save_top_k": 0,
-                              "every_n_train_steps": 1, "enable_version_counter": False},
-            }  # fmt: skip
-        ],
+        "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": checkpoints}],
     }
     if STRATEGIES[strategy] is not None:
         trainer["strategy"] = STRATEGIES[strategy]
@@ -192,7 +244,7 @@ def test_fsdp2_resume_matches_an_uninterrupted_run(tiny_model, media, grpo_runs,
     first, _ = fit(tmp_path, model, "fsdp2", 2, media, max_steps=1)
     assert (tmp_path / "checkpoints" / "last.ckpt" / ".metadata").is_file()  # a distributed checkpoint
     (tmp_path / "csv" / "version_0" / "metrics.csv").unlink()
-    rest, adapter = fit(tmp_path, model, "fsdp2", 2, media, ckpt_path=str(tmp_path / "checkpoints" / "last.ckpt"))
+    rest, adapter = fit(tmp_path, model, "fsdp2", 2, media, ckpt_path="last")
     assert len(first["train/loss"]) == 1 and len(rest["train/loss"]) == STEPS - 1
     joined = {key: first[key] + rest[key] for key in first}
     assert_same_run((joined, adapter), grpo_runs["fsdp2"], "fsdp2 resumed")
