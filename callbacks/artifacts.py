@@ -60,8 +60,8 @@ class ExportAdapter(L.Callback):
         if not getattr(pl_module, "has_adapter", False):
             return
         directory = Path(trainer.default_root_dir) / self.dirname
+        pl_module.save_adapter(directory)  # every rank: a sharded model is gathered first
         if trainer.is_global_zero:
-            pl_module.save_adapter(directory)
             log.info("adapter written to %s", directory)
             logger = _mlflow(trainer)
             if logger is not None:

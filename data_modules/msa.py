@@ -21,7 +21,7 @@ from typing import Any, Literal
 import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from msathinker.dc_format import task_instruction
 from msathinker.media import SAMPLE_RATE, MediaError, decode_clip
@@ -315,24 +315,41 @@ class MSACollator:
         return labels.masked_fill(attention_mask == 0, -100)
 
 
-class EpochSeededSampler(Sampler[int]):
-    """Shuffles with seed + epoch, so any epoch's order is known without replaying the earlier ones, and skips the
-    samples a resumed run had already consumed in its first epoch (mid-epoch `fit --ckpt_path last`)."""
+class EpochSeededSampler(DistributedSampler):
+    """Shuffles with seed + epoch, so any epoch's order is known without replaying the earlier ones, skips the
+    samples a resumed run had already consumed in its first epoch (mid-epoch `fit --ckpt_path last`), and gives
+    rank r of `num_replicas` the positions r, r + num_replicas, ... of that order.
 
-    def __init__(self, size: int, seed: int, resume_epoch: int = 0, resume_skip: int = 0):
-        self.size, self.seed = size, seed
+    With batch_size b per rank, global step s therefore trains on positions [s*b*W, (s+1)*b*W) of the epoch's order
+    on any number W of ranks: the same clips as one process with batch_size b*W. The tail is padded by repeating
+    the order's first samples so every rank gets as many batches (DistributedSampler's rule). It is a
+    DistributedSampler so Lightning leaves it in place instead of wrapping it in another one."""
+
+    def __init__(
+        self,
+        dataset: Dataset,
+        seed: int,
+        resume_epoch: int = 0,
+        resume_skip: int = 0,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ):
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
         self.resume_epoch, self.resume_skip = resume_epoch, resume_skip
-        self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    def _order(self) -> list[int]:
+        order = torch.randperm(len(self.dataset), generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        order = order.tolist()
+        order = order[self.resume_skip :] if self.epoch == self.resume_epoch else order
+        padding = -len(order) % self.num_replicas
+        return order + (order * (padding // max(len(order), 1) + 1))[:padding]
 
     def __iter__(self):
-        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + self.epoch)).tolist()
-        return iter(order[self.resume_skip :] if self.epoch == self.resume_epoch else order)
+        return iter(self._order()[self.rank :: self.num_replicas])
 
     def __len__(self) -> int:
-        return self.size
+        size = len(self.dataset) - (self.resume_skip if self.epoch == self.resume_epoch else 0)
+        return -(-size // self.num_replicas)
 
 
 class MSADataModule(L.LightningDataModule):
@@ -574,12 +591,14 @@ class MSADataModule(L.LightningDataModule):
         split, batch_size = self.hparams.train_split, self.hparams.batch_size
         if split not in self.datasets:
             self.setup("fit")
-        epoch, skip = 0, 0
+        epoch, skip, ranks = 0, 0, {}
         trainer = self.trainer
         if trainer is not None:  # after a restore, the loop state says how far into the epoch the run had got
             epoch = trainer.current_epoch
-            skip = trainer.fit_loop.epoch_loop.batch_progress.current.processed * batch_size * trainer.world_size
-        sampler = EpochSeededSampler(len(self.datasets[split]), self.hparams.seed, epoch, skip)
+            ranks = trainer.distributed_sampler_kwargs or {}
+            replicas = ranks.get("num_replicas", 1)
+            skip = trainer.fit_loop.epoch_loop.batch_progress.current.processed * batch_size * replicas
+        sampler = EpochSeededSampler(self.datasets[split], self.hparams.seed, epoch, skip, **ranks)
         return self._loader(split, batch_size, sampler)
 
     def val_dataloader(self) -> DataLoader:

@@ -2,7 +2,9 @@
 
 Checkpoints must load with torch.load(weights_only=True) (the default for local files), so everything stored is a
 tensor or a plain Python value: hyper-parameters are flattened to dicts and class paths, the RNG states to lists.
-Only trainable weights are stored: the frozen base is re-read from the model checkpoint.
+Only trainable weights are stored: the frozen base is re-read from the model checkpoint. The LightningModule's
+state_dict itself holds only them (a state_dict hook), because a distributed checkpoint (ModelParallelStrategy)
+saves and loads exactly the keys of the module's state_dict. RNG states are stored for every rank.
 """
 
 from __future__ import annotations
@@ -39,7 +41,9 @@ def rng_states() -> dict[str, Any]:
     }
 
 
-def restore_rng_states(states: dict[str, Any]) -> None:
+def restore_rng_states(per_rank: list[dict[str, Any]], rank: int) -> None:
+    """Restore this rank's RNG states (a run resumed on more ranks than it was saved from reuses them cyclically)."""
+    states = per_rank[rank % len(per_rank)]
     torch.set_rng_state(states["torch"])
     kind, keys, *rest = states["numpy"]
     np.random.set_state((kind, np.asarray(keys, dtype=np.uint32), *rest))
@@ -47,11 +51,24 @@ def restore_rng_states(states: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss))
 
 
-def save_trainable(module: torch.nn.Module, checkpoint: dict[str, Any], prefix: str = "model.") -> None:
-    """Keep only trainable weights, make hyper-parameters plain and add the RNG states (on_save_checkpoint)."""
-    trainable = {f"{prefix}{name}" for name, p in module.named_parameters() if p.requires_grad}
-    checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
+def keep_only_trainable_weights(module: torch.nn.Module, attribute: str = "model") -> None:
+    """Make `module.state_dict()` hold only the trainable parameters of `module.<attribute>`."""
+
+    def hook(mod: torch.nn.Module, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+        inner = getattr(mod, attribute)
+        trainable = set() if inner is None else {n for n, p in inner.named_parameters() if p.requires_grad}
+        keep = {f"{prefix}{attribute}.{name}" for name in trainable}
+        for key in [k for k in state_dict if k not in keep]:
+            del state_dict[key]
+
+    module.register_state_dict_post_hook(hook)
+
+
+def finish_checkpoint(checkpoint: dict[str, Any]) -> None:
+    """Make hyper-parameters plain and add every rank's RNG states (on_save_checkpoint; a collective)."""
+    from msathinker.sharding import all_gather_objects
+
     for key in ("hyper_parameters", "datamodule_hyper_parameters"):
         if key in checkpoint:
             checkpoint[key] = plain(dict(checkpoint[key]))
-    checkpoint["rng_states"] = rng_states()
+    checkpoint["rng_states"] = all_gather_objects(rng_states())

@@ -33,9 +33,16 @@ class GenerationOptions:
     """Nucleus sampling mass (with do_sample)."""
 
 
-def generate_completions(model, processor, inputs: dict[str, Any], options: GenerationOptions) -> list[str]:
-    """Decode the new tokens of `model.generate` for a batch of prompts (special tokens removed)."""
-    kwargs: dict[str, Any] = {"max_new_tokens": options.max_new_tokens, "do_sample": options.do_sample}
+def generate_completions(
+    model, processor, inputs: dict[str, Any], options: GenerationOptions, synced_gpus: bool = False
+) -> list[str]:
+    """Decode the new tokens of `model.generate` for a batch of prompts (special tokens removed). `synced_gpus`
+    keeps this rank stepping until every rank is done (needed when the model is FSDP-sharded)."""
+    kwargs: dict[str, Any] = {
+        "max_new_tokens": options.max_new_tokens,
+        "do_sample": options.do_sample,
+        "synced_gpus": synced_gpus,
+    }
     if options.do_sample:
         kwargs.update(temperature=options.temperature, top_p=options.top_p)
     tok = processor.tokenizer

@@ -9,6 +9,7 @@ the clipped policy loss (msathinker.grpo) over the completion tokens only (hint 
 
 from __future__ import annotations
 
+import hashlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -24,6 +25,7 @@ from msathinker.grpo import LossType, RewardScale, group_advantages, group_rewar
 from msathinker.module import OmniPolicyModule
 from msathinker.policy import PolicyOptions
 from msathinker.rollout import Row, completion_logprobs, sample, split_prompt_media, unpadded_prompts
+from msathinker.sharding import all_reduce_sum
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,16 @@ class GRPOOptions:
     KV cache (same log-probs and gradients as full rows; LoRA dropout then draws one mask for the shared prompt).
     Off under policy.gradient_checkpointing, which drops the cache; False runs every prompt + completion row in full,
     as TRL does."""
+    per_completion_seeds: bool = False
+    """Sample each completion from its own generator seeded by (module seed, epoch, batch index, clip id, completion
+    index, hinted or not) instead of the global RNG: the rollouts then do not depend on how the prompts are split
+    across processes or batched, so runs on 1 and N processes with the same global batch sample the same
+    completions. Exact sampling (Gumbel-max over the temperature / top-p distribution)."""
+
+
+def _seed_of(key: str) -> int:
+    """A 64-bit generator seed from a string (stable across processes and Python runs, unlike hash())."""
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
 
 
 class HintGRPOModule(OmniPolicyModule):
@@ -88,7 +100,7 @@ class HintGRPOModule(OmniPolicyModule):
         output_format: completion format ("dc" or "plain"); match the data's.
         unparsed_score: the prediction scored in evaluation for a completion with no number.
         prediction_scale: label range the model answers on when evaluating on another range (cross-domain).
-        seed: seed of the hint strategy's random choices (trigger "fraction").
+        seed: seed of the hint strategy's random choices (trigger "fraction") and of grpo.per_completion_seeds.
     """
 
     def __init__(
@@ -125,6 +137,7 @@ class HintGRPOModule(OmniPolicyModule):
         self.rewards = rewards if rewards is not None else default_rewards()
         self.hint = hint
         self.automatic_optimization = False
+        self.seed = seed
         self.hint_generator = torch.Generator().manual_seed(seed)
         self.counters = {"groups": 0, "hinted_groups": 0}
         self._group_buffer: list[list[tuple[Row, torch.Tensor]]] = []
@@ -160,8 +173,11 @@ class HintGRPOModule(OmniPolicyModule):
 
     # --- rollouts -------------------------------------------------------------------------------------------------
 
-    def _sample(self, rows: list[Row]) -> torch.Tensor:
+    def _sample(self, rows: list[Row], seeds: list[str] | None = None) -> torch.Tensor:
         tok = self.processor.tokenizer
+        generators = None
+        if self.grpo.per_completion_seeds:
+            generators = [torch.Generator(self.device).manual_seed(_seed_of(key)) for key in seeds]
         completions, truncated = sample(
             self.model,
             rows,
@@ -171,6 +187,8 @@ class HintGRPOModule(OmniPolicyModule):
             eos_ids=[tok.convert_tokens_to_ids("<|im_end|>"), tok.pad_token_id],
             pad_id=tok.pad_token_id,
             use_audio_in_video=self._use_audio_in_video,
+            generators=generators,
+            synced_gpus=self.synced_generation,
         )
         for row, ids, cut in zip(rows, completions, truncated.tolist(), strict=True):
             row.completion_ids, row.truncated = ids, cut
@@ -206,7 +224,7 @@ class HintGRPOModule(OmniPolicyModule):
         correct = torch.tensor([s.parsed.effective_polarity(scale) == polarity_of(s.label, scale) for s in samples])
         return per_reward, total, samples, {"failures": failures, "correct": correct}
 
-    def rollout(self, batch: dict[str, Any]) -> dict[str, Any]:
+    def rollout(self, batch: dict[str, Any], batch_idx: int = 0) -> dict[str, Any]:
         """Sample, score and hint one batch of prompts; returns the rows to train on and the statistics."""
         inputs, meta = batch["inputs"], batch["meta"]
         G = self.grpo.num_generations
@@ -218,14 +236,17 @@ class HintGRPOModule(OmniPolicyModule):
         ids = [meta["id"][p] for p in range(P) for _ in range(G)]
         labels = [float(meta["label"][p]) for p in range(P) for _ in range(G)]
         rows = [Row(prompts[p], media[p]) for p in range(P) for _ in range(G)]
+        seeds = [f"{self.seed}/{self.current_epoch}/{batch_idx}/{ids[i]}/{i % G}" for i in range(len(rows))]
         prefixes, hinted = [""] * len(rows), [False] * len(rows)
         was_training = self.model.training
         self.model.eval()
-        self._sample(rows)
+        self._sample(rows, seeds)
         per_reward, total, samples, info = self._score(rows, prefixes, hinted, ids, labels)
         std_before = group_reward_std(total, G)
         chosen = self.hint.select(info["correct"].view(P, G), std_before, self.hint_generator)
         regenerate = [p * G + g for p in range(P) if chosen[p] for g in range(self.hint.num_unhinted, G)]
+        # FSDP2: generate is a collective, so a rank with nothing to regenerate joins the others with a dummy row
+        join_others = self.synced_generation and bool(all_reduce_sum(torch.tensor(float(len(regenerate)))) > 0)
         if regenerate:
             new_rows = []
             for i in regenerate:
@@ -233,14 +254,17 @@ class HintGRPOModule(OmniPolicyModule):
                 hinted_ids, prefix = self._hinted_prompt(prompts[p], polarity_of(labels[i], scale))
                 new_rows.append(Row(hinted_ids, media[p]))
                 prefixes[i], hinted[i] = prefix, True
-            self._sample(new_rows)
+            self._sample(new_rows, [f"{seeds[i]}/hinted" for i in regenerate])
             for i, row in zip(regenerate, new_rows, strict=True):
                 rows[i] = row
             per_reward, total, samples, info = self._score(rows, prefixes, hinted, ids, labels)
+        elif join_others:
+            self._sample([Row(prompts[0], media[0])], seeds[:1])
         if was_training:
             self.model.train()
-        self.counters["groups"] += P
-        self.counters["hinted_groups"] += int(chosen.sum())
+        groups, hinted_groups = all_reduce_sum(torch.tensor([float(P), float(chosen.sum())])).tolist()
+        self.counters["groups"] += int(groups)
+        self.counters["hinted_groups"] += int(hinted_groups)
         return {
             "rows": rows,
             "rewards": total,
@@ -288,7 +312,7 @@ class HintGRPOModule(OmniPolicyModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         G = self.grpo.num_generations
-        out = self.rollout(batch)
+        out = self.rollout(batch, batch_idx)
         rows, rewards = out["rows"], out["rewards"]
         std_after = group_reward_std(rewards, G)
         if self.grpo.dynamic_sampling:
@@ -296,7 +320,7 @@ class HintGRPOModule(OmniPolicyModule):
             if rows is None:
                 self._log_rollout_metrics(out, std_after)
                 return
-        advantages = group_advantages(rewards.float(), G, self.grpo.scale_rewards)
+        advantages = self._advantages(rewards.float())
         mask_rows = torch.ones(len(rows))
         if self.grpo.mask_truncated_completions:
             mask_rows = torch.tensor([0.0 if r.truncated else 1.0 for r in rows])
@@ -327,7 +351,7 @@ class HintGRPOModule(OmniPolicyModule):
                     eps_high=self.grpo.epsilon_high,
                     beta=self.grpo.beta,
                     max_completion_length=self.grpo.max_completion_length,
-                    num_items=max(active_tokens / self.trainer.world_size, 1.0),
+                    num_items=max(float(all_reduce_sum(torch.tensor(active_tokens))) / self.trainer.world_size, 1.0),
                 )
                 if self.grpo.loss_type != "dapo":  # TRL divides per-micro-batch losses by the accumulation steps
                     loss = loss / len(slices)
@@ -344,7 +368,18 @@ class HintGRPOModule(OmniPolicyModule):
             if scheduler is not None:
                 scheduler.step()
         self._log_rollout_metrics(out, std_after)
-        self.log_dict({f"train/{k}": torch.stack(v).float().mean() for k, v in metrics.items()}, on_step=True)
+        self.log_dict(
+            {f"train/{k}": torch.stack(v).float().mean() for k, v in metrics.items()}, on_step=True, sync_dist=True
+        )
+
+    def _advantages(self, rewards: torch.Tensor) -> torch.Tensor:
+        """Advantages of this rank's completions, with the batch statistics ("batch" scale) over every rank's
+        rewards, as TRL gathers them; groups never span ranks."""
+        everyone = self.all_gather(rewards).reshape(-1)
+        start = self.global_rank * len(rewards) if len(everyone) > len(rewards) else 0
+        return group_advantages(everyone, self.grpo.num_generations, self.grpo.scale_rewards)[
+            start : start + len(rewards)
+        ]
 
     def _fill_from_buffer(self, rows, rewards, std, prompts_per_step):
         """Dynamic sampling: buffer the groups whose rewards differ; train once a full batch is collected."""
@@ -353,8 +388,9 @@ class HintGRPOModule(OmniPolicyModule):
             if torch.nan_to_num(std[g], nan=0.0) > 0:
                 group = slice(g * G, (g + 1) * G)
                 self._group_buffer.append(list(zip(rows[group], rewards[group], strict=True)))
-        self.log("train/dynamic_sampling_buffer", float(len(self._group_buffer)), on_step=True)
-        if len(self._group_buffer) < prompts_per_step:
+        self.log("train/dynamic_sampling_buffer", float(len(self._group_buffer)), on_step=True, sync_dist=True)
+        short = all_reduce_sum(torch.tensor(float(len(self._group_buffer) < prompts_per_step)))
+        if short > 0:  # every rank trains in the same steps (the gradient reduction is a collective)
             return None, None
         groups, self._group_buffer = self._group_buffer[:prompts_per_step], self._group_buffer[prompts_per_step:]
         return [r for g in groups for r, _ in g], torch.stack([w for g in groups for _, w in g])
@@ -370,13 +406,16 @@ class HintGRPOModule(OmniPolicyModule):
             "hint_rate": out["hint_rate"],
             "hinted_completions": out["hinted"].float().mean(),
             "completions/mean_length": lengths.mean(),
-            "completions/max_length": lengths.max(),
             "completions/clipped_ratio": out["truncated"].float().mean(),
         }
+        failures = {}
         for k, reward in enumerate(self.rewards):
             metrics[f"rewards/{reward.name}/mean"] = torch.nanmean(per_reward[:, k])
-            metrics[f"rewards/{reward.name}/failures"] = torch.tensor(float(out["failures"].get(reward.name, 0)))
-        self.log_dict({f"train/{k}": v.float() for k, v in metrics.items()}, on_step=True, prog_bar=False)
+            failures[f"rewards/{reward.name}/failures"] = torch.tensor(float(out["failures"].get(reward.name, 0)))
+        # every rank has as many prompts: the mean of the ranks' means is the mean over the global batch
+        self.log_dict({f"train/{k}": v.float() for k, v in metrics.items()}, on_step=True, sync_dist=True)
+        self.log("train/completions/max_length", lengths.max(), on_step=True, sync_dist=True, reduce_fx="max")
+        self.log_dict({f"train/{k}": v for k, v in failures.items()}, on_step=True, sync_dist=True, reduce_fx="sum")
         names = [reward.name for reward in self.rewards]
         self.last_rollouts = [
             {"step": self.global_step, "id": s.clip_id, "completion": s.completion, "hinted": s.hinted,

@@ -12,9 +12,11 @@ from typing import Any, Literal
 import lightning as L
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
-from msathinker.checkpoints import restore_rng_states, save_trainable
+from msathinker.checkpoints import finish_checkpoint, keep_only_trainable_weights, restore_rng_states
 from msathinker.evaluation import CompletionEvaluator, GenerationOptions, generate_completions
 from msathinker.policy import PolicyOptions, build_policy, validate_policy_options
+from msathinker.rollout import thinker_of
+from msathinker.sharding import is_sharded, shard_policy
 
 
 class OmniPolicyModule(L.LightningModule):
@@ -44,11 +46,27 @@ class OmniPolicyModule(L.LightningModule):
         self.evaluator: CompletionEvaluator | None = None
         self.eval_dataset: str | None = None
         self.strict_loading = False  # checkpoints hold the trainable weights only
+        keep_only_trainable_weights(self)
 
     def configure_model(self) -> None:
         if self.model is None:
             self.model, self.processor = build_policy(self.policy)
             self.model.train()
+            if self.device_mesh is not None:  # ModelParallelStrategy: FSDP2 over the data-parallel dimension
+                self._shard(self.device_mesh)
+
+    def _shard(self, mesh) -> None:
+        if mesh["tensor_parallel"].size() > 1:
+            raise ValueError("ModelParallelStrategy: set tensor_parallel_size: 1 (only FSDP2 data parallelism)")
+        if self.policy.quantization != "none":
+            raise ValueError("a 4-bit base (policy.quantization) cannot be sharded with FSDP2: use the DDP strategy")
+        shard_policy(self.model, thinker_of(self.model), mesh["data_parallel"], self.policy.fsdp)
+
+    @property
+    def synced_generation(self) -> bool:
+        """Whether generate must keep every rank stepping until all are done (FSDP2 gathers weights collectively
+        in each forward, so a rank that stopped early would leave the others waiting)."""
+        return self.model is not None and is_sharded(self.model) and self.trainer.world_size > 1
 
     def configure_optimizers(self):
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -68,12 +86,15 @@ class OmniPolicyModule(L.LightningModule):
         self.eval_dataset = datamodule.hparams.dataset
 
     def _eval_step(self, batch: dict[str, Any]) -> None:
-        completions = generate_completions(self.model, self.processor, batch["inputs"], self.generation)
+        completions = generate_completions(
+            self.model, self.processor, batch["inputs"], self.generation, synced_gpus=self.synced_generation
+        )
         self.evaluator.update(batch["meta"]["id"], completions, batch["meta"]["label"])
 
     def _end_eval(self, stage: str) -> None:
         metrics = self.evaluator.compute()
-        self.log_dict({f"{stage}/{self.eval_dataset}/{k}": v for k, v in metrics.items()})
+        # torchmetrics already reduced the states over the ranks: every rank logs the same values
+        self.log_dict({f"{stage}/{self.eval_dataset}/{k}": v for k, v in metrics.items()}, sync_dist=True)
 
     def on_validation_epoch_start(self) -> None:
         self._start_eval()
@@ -104,20 +125,28 @@ class OmniPolicyModule(L.LightningModule):
     # --- checkpoints and export ---------------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        save_trainable(self.model, checkpoint)
+        finish_checkpoint(checkpoint)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "rng_states" in checkpoint:
-            restore_rng_states(checkpoint["rng_states"])
+            restore_rng_states(checkpoint["rng_states"], self.global_rank)
 
     @property
     def has_adapter(self) -> bool:
         return self.policy.lora is not None
 
     def save_adapter(self, directory: str | Path) -> Path:
-        """Write the LoRA adapter in peft format (adapter_config.json + adapter_model.safetensors)."""
+        """Write the LoRA adapter in peft format (adapter_config.json + adapter_model.safetensors). Under FSDP2
+        every rank must call it (the shards are gathered); global rank 0 writes."""
         if not self.has_adapter:
             raise ValueError("no LoRA adapter to save: this run trains the full model (policy.lora is null)")
         directory = Path(directory)
-        self.model.save_pretrained(directory, selected_adapters=["default"])
+        state_dict = None
+        if is_sharded(self.model):
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True, ignore_frozen_params=True)
+            state_dict = get_model_state_dict(self.model, options=options)
+        if self._trainer is None or self.trainer.is_global_zero:
+            self.model.save_pretrained(directory, selected_adapters=["default"], state_dict=state_dict)
         return directory

@@ -34,6 +34,19 @@ class LoraOptions:
 
 
 @dataclass(frozen=True)
+class FSDPOptions:
+    """How the policy is sharded under ModelParallelStrategy (ignored by every other strategy).
+
+    Activation checkpointing of the decoder layers is policy.gradient_checkpointing (the same switch as without
+    FSDP2: transformers recomputes each layer's forward, FSDP2's hooks gather the layer's weights again for it).
+    """
+
+    reshard_after_forward: bool = True
+    """Free each unit's gathered weights after its forward (ZeRO-3: least memory, weights gathered again for the
+    backward); False keeps them until the backward (ZeRO-2: one all-gather less per layer, more memory)."""
+
+
+@dataclass(frozen=True)
 class PolicyOptions:
     """How the thinker is loaded and which of its parameters train."""
 
@@ -55,6 +68,8 @@ class PolicyOptions:
     """Recompute activations in the backward pass to save memory."""
     attn_implementation: str | None = None
     """Attention kernel (sdpa, eager, flash_attention_2); None lets transformers choose."""
+    fsdp: FSDPOptions = FSDPOptions()
+    """Sharding under trainer.strategy ModelParallelStrategy (FSDP2); ignored by DDP and single-process runs."""
 
 
 def validate_policy_options(options: PolicyOptions) -> None:

@@ -143,6 +143,28 @@ def media_token_ids(config) -> list[int]:
     ]  # fmt: skip
 
 
+class PerRowGumbelSampling:
+    """LogitsProcessor that, after temperature and top-p, adds Gumbel noise drawn from each row's own generator, so
+    that greedy decoding samples exactly from the warped softmax (Gumbel-max trick: argmax(s_i + G_i), G_i = -log E_i,
+    E_i ~ Exp(1) i.i.d., picks i with probability softmax(s)_i). A row's tokens then depend only on its prompt and
+    its generator, never on the other rows of the batch or on the process it runs in."""
+
+    def __init__(self, temperature: float, top_p: float, generators: list[torch.Generator]):
+        from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+        self.warpers = LogitsProcessorList([TemperatureLogitsWarper(temperature)])
+        if top_p < 1.0:
+            self.warpers.append(TopPLogitsWarper(top_p))
+        self.generators = generators
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = self.warpers(input_ids, scores.float())
+        exponential = torch.stack(
+            [torch.empty(scores.shape[-1], device=scores.device).exponential_(generator=g) for g in self.generators]
+        )
+        return scores - exponential.log()
+
+
 @torch.no_grad()
 def sample(
     model,
@@ -154,13 +176,17 @@ def sample(
     eos_ids: list[int],
     pad_id: int,
     use_audio_in_video: bool,
+    generators: list[torch.Generator] | None = None,
+    synced_gpus: bool = False,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Sample one completion per row (KV-cached generate). Returns the completion ids of each row, cut after its
     first EOS (kept, as TRL does), and a bool tensor marking rows that hit max_new_tokens without an EOS. Each distinct
     prompt (a group) is prefilled once and its KV cache shared by its rows.
 
     The media placeholder and boundary tokens are suppressed: their (tiny, after SFT) probability mass is the only
-    difference between the sampling and the log-prob distributions."""
+    difference between the sampling and the log-prob distributions. With `generators` (one per row) each row samples
+    from its own generator (PerRowGumbelSampling); else from the global RNG (transformers' multinomial sampling).
+    `synced_gpus` keeps this rank stepping until every rank is done (needed when the model is FSDP-sharded)."""
     thinker = thinker_of(model)
     prompts, owner = distinct_prompts(rows)
     kwargs, prompt_len = model_kwargs(model, prompts, pad_id, use_audio_in_video)
@@ -169,18 +195,23 @@ def sample(
     cache = thinker.model(**prefix, use_cache=True).past_key_values
     cache.reorder_cache(owner)
     thinker.model.rope_deltas = thinker.model.rope_deltas[owner]  # the prefill's TMRoPE offsets, one per row
+    if generators is None:
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+    else:
+        from transformers import LogitsProcessorList
+
+        processor = LogitsProcessorList([PerRowGumbelSampling(temperature, top_p, generators)])
+        sampling = {"do_sample": False, "logits_processor": processor}
     output = model.generate(
         input_ids=kwargs["input_ids"][owner],
         attention_mask=kwargs["attention_mask"][owner],
         past_key_values=cache,
+        **sampling,
         suppress_tokens=media_token_ids(thinker.config),
         max_new_tokens=max_new_tokens,
-        do_sample=True,
-        temperature=temperature,
-        top_p=top_p,
-        top_k=0,
         eos_token_id=eos_ids,
         pad_token_id=pad_id,
+        synced_gpus=synced_gpus,
     )
     new = output[:, prompt_len:]
     is_eos = torch.isin(new, torch.tensor(eos_ids, device=new.device))

@@ -1,0 +1,59 @@
+"""FSDP2 (torch.distributed.fsdp.fully_shard) for the thinker, applied in configure_model under Lightning's
+ModelParallelStrategy, and the collectives the training loops need on any strategy.
+
+FSDP2 gathers a unit's parameters only in that unit's own forward hooks. The GRPO path calls submodules directly
+(the towers' get_audio_features / get_video_features, the input embeddings, the language model, the LM head), so
+each of those is a unit of its own, next to every decoder layer; the root unit holds what is left.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from msathinker.policy import FSDPOptions
+
+
+def fsdp_units(thinker: nn.Module) -> list[nn.Module]:
+    """The modules that become FSDP2 units, innermost first: every decoder layer, the input embeddings, the
+    language model (its final norm), the LM head, the audio and vision towers."""
+    model = thinker.model
+    language = model.language_model
+    units = [*language.layers, language.embed_tokens, language, thinker.lm_head]
+    units += [tower for tower in (getattr(model, "audio_tower", None), getattr(model, "visual", None)) if tower]
+    return units
+
+
+def shard_policy(model: nn.Module, thinker: nn.Module, mesh, options: FSDPOptions) -> None:
+    """Shard `model` (the peft wrapper or the thinker itself) in place over the data-parallel `mesh`."""
+    from torch.distributed.fsdp import fully_shard
+
+    for unit in fsdp_units(thinker):
+        fully_shard(unit, mesh=mesh, reshard_after_forward=options.reshard_after_forward)
+    fully_shard(model, mesh=mesh, reshard_after_forward=options.reshard_after_forward)
+    # FSDP2 takes the first module to run forward as the root. Rollouts call the towers and the embeddings before
+    # any forward of `model`, which would make them roots of their own; initialise the real root now.
+    fully_shard.state(model)._lazy_init()
+
+
+def is_sharded(model: nn.Module) -> bool:
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule)
+
+
+def all_reduce_sum(value: torch.Tensor) -> torch.Tensor:
+    """Sum of `value` over all processes (itself when not distributed)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        value = value.clone()
+        torch.distributed.all_reduce(value)
+    return value
+
+
+def all_gather_objects(value: object) -> list[object]:
+    """`value` of every process, in rank order ([value] when not distributed)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        values: list[object] = [None] * torch.distributed.get_world_size()
+        torch.distributed.all_gather_object(values, value)
+        return values
+    return [value]
