@@ -84,7 +84,9 @@ def run_worker(script: str, args: list[str]) -> dict:
     """Run `script --worker-out FILE args` in a fresh interpreter (same environment); returns the JSON it wrote."""
     out = Path(os.environ.get("TMPDIR", "/tmp")) / f"grpo-bench-{os.getpid()}-{time.monotonic_ns()}.json"
     try:
-        subprocess.run([sys.executable, script, "--worker-out", str(out), *args], check=True, env=os.environ)
+        subprocess.run(
+            [sys.executable, script, "--worker-out", str(out), *args], check=True, env=os.environ, stdout=sys.stderr
+        )
         return json.loads(out.read_text())
     finally:
         out.unlink(missing_ok=True)
