@@ -332,6 +332,7 @@ class HintGRPOModule(OmniPolicyModule):
                 with self._reference():
                     ref = [self._logprobs(rows[s])[0] for s in slices]
         active_tokens = sum(float(len(r.completion_ids)) for i, r in enumerate(rows) if mask_rows[i] > 0)
+        num_items = max(float(all_reduce_sum(torch.tensor(active_tokens))) / self.trainer.world_size, 1.0)  # dapo (TRL)
         optimizer = self.optimizers()
         scheduler = self.lr_schedulers()
         metrics: dict[str, list[torch.Tensor]] = {}
@@ -351,7 +352,7 @@ class HintGRPOModule(OmniPolicyModule):
                     eps_high=self.grpo.epsilon_high,
                     beta=self.grpo.beta,
                     max_completion_length=self.grpo.max_completion_length,
-                    num_items=max(float(all_reduce_sum(torch.tensor(active_tokens))) / self.trainer.world_size, 1.0),
+                    num_items=num_items,
                 )
                 if self.grpo.loss_type != "dapo":  # TRL divides per-micro-batch losses by the accumulation steps
                     loss = loss / len(slices)
