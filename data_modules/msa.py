@@ -13,6 +13,7 @@ import json
 import logging
 import math
 import os
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -193,12 +194,20 @@ class MediaCache:
 class MSADataset(Dataset):
     """Clips of one split; items are dicts with the metadata, the decoded media and the optional SFT target."""
 
-    def __init__(self, records: list[ClipRecord], cache: MediaCache, dataset: str, targets: dict[str, str] | None):
+    def __init__(
+        self,
+        records: list[ClipRecord],
+        cache: MediaCache,
+        dataset: str,
+        targets: dict[str, str] | None,
+        blank_ids: frozenset[str] = frozenset(),
+    ):
         self.records = records
         self.cache = cache
         self.dataset = dataset
         self.scale = scale_of(dataset).name
         self.targets = targets
+        self.blank_ids = blank_ids
 
     def __len__(self) -> int:
         return len(self.records)
@@ -207,6 +216,8 @@ class MSADataset(Dataset):
         r = self.records[index]
         item = {"id": r.id, "text": r.text, "label": r.label, "dataset": self.dataset, "scale": self.scale}
         item.update(self.cache.load(r))
+        if r.id in self.blank_ids:  # same shapes, no information: black frames, silence, no words
+            item.update(text="", **{k: np.zeros_like(item[k]) for k in ("frames", "audio") if k in item})
         if self.targets is not None:
             item["target"] = self.targets[r.id]
         return item
@@ -352,6 +363,11 @@ class EpochSeededSampler(DistributedSampler):
         return -(-size // self.num_replicas)
 
 
+def _unit_hash(text: str) -> float:
+    """A stable number in [0, 1) for a string (Python's hash() changes between processes)."""
+    return zlib.crc32(text.encode()) / 2**32
+
+
 class MSADataModule(L.LightningDataModule):
     """An MMSA-layout dataset as Qwen2.5-Omni batches.
 
@@ -393,6 +409,11 @@ class MSADataModule(L.LightningDataModule):
         on_bad_clip: "error" stops at the first bad clip with a message naming it; "skip" leaves bad clips out,
             warns once per clip and logs the count.
         seed: seed of the training shuffle.
+        blank_fraction: share of the training clips (a fixed subset, chosen by a hash of the clip id) shown blank:
+            black frames, silence and an empty transcript, with their targets kept. Their verdict cannot be read
+            from the input, so the model learns to make the "Polarity:" statement and the score follow the
+            verdict sentence it opened with. A pretrained LLM already does that; the random-init demo model
+            learns it this way, and then a prefix hint (which forces the verdict) steers it. 0 for real runs.
     """
 
     def __init__(
@@ -424,6 +445,7 @@ class MSADataModule(L.LightningDataModule):
         media_cache_dir: str | None = None,
         on_bad_clip: Literal["error", "skip"] = "error",
         seed: int = 0,
+        blank_fraction: float = 0.0,
     ):
         super().__init__()
         self.save_hyperparameters(logger=False)  # the CLI logs the full resolved config instead
@@ -433,6 +455,8 @@ class MSADataModule(L.LightningDataModule):
             raise ValueError(f"modalities must be a non-empty subset of text, audio, video; got {modalities}")
         if use_audio_in_video and not {"audio", "video"} <= set(modalities):
             raise ValueError("use_audio_in_video needs both 'audio' and 'video' in modalities")
+        if not 0.0 <= blank_fraction < 1.0:
+            raise ValueError(f"blank_fraction must be in [0, 1), got {blank_fraction}")
         if data_root is None and not dataset.startswith("demo_"):
             raise ValueError(f"dataset {dataset!r} needs data_root (the directory holding label.csv and Raw/)")
         self.datasets: dict[str, MSADataset] = {}
@@ -530,7 +554,8 @@ class MSADataModule(L.LightningDataModule):
             log.warning("%s split %r: %d clip(s) skipped (on_bad_clip=skip)", root, split, self.skipped[split])
         if not good:
             raise DataError(f"{root}: every clip of split {split!r} is bad")
-        self.datasets[split] = MSADataset(good, cache, h.dataset, targets)
+        blank = frozenset(r.id for r in good if split == h.train_split and _unit_hash(r.id) < h.blank_fraction)
+        self.datasets[split] = MSADataset(good, cache, h.dataset, targets, blank)
 
     def _targets(self, records: list[ClipRecord]) -> dict[str, str] | None:
         h = self.hparams

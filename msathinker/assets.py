@@ -12,7 +12,7 @@ import os
 import shutil
 from pathlib import Path
 
-ASSETS_VERSION = 2
+ASSETS_VERSION = 3
 TINY_MODELS = {"tiny": ("tiny", "small"), "tiny-small": ("small", "small"), "tiny-qwen": ("tiny", "qwen")}
 """Model alias -> (preset, tokenizer) of the generated checkpoint."""
 

@@ -305,28 +305,37 @@ def _inner_error(text: str, think: _Pair, disc: _Pair, cal: _Pair) -> str | None
     )
 
 
-def hint_sentence(polarity: Polarity) -> str:
-    """The hint's wording, the single source for both placements: states the label's polarity, never the score.
+def verdict_sentence(polarity: Polarity) -> str:
+    """The sentence a DC discrimination opens with: the polarity verdict, before the cues that support it.
 
-    Used as a line of the user turn ("prompt" placement) and inside `hint_prefix` ("prefix" placement). It
-    deliberately does not use the "Polarity: X" form, so the statement the parser reads still comes from the model.
+    The rule-based rationale writer opens with it, and the "prefix" hint forces exactly it, so a hinted completion
+    is one the model could have written itself: it continues from its own kind of opening (verdict, then cues, then
+    "Polarity: X"). Not the "Polarity: X" form, so the statement the parser reads still comes from the model.
     """
     if polarity not in POLARITIES:
         raise ValueError(f"unknown polarity {polarity!r}; choose from {', '.join(POLARITIES)}")
-    return f"Hint: the overall sentiment is {polarity}."
+    return f"The overall sentiment is {polarity}."
+
+
+def hint_sentence(polarity: Polarity) -> str:
+    """The hint as a line of the user turn ("prompt" placement) or of a plain-format prefix: states the label's
+    polarity, never the score."""
+    return f"Hint: {verdict_sentence(polarity)}"
 
 
 def hint_prefix(polarity: Polarity, fmt: Format = "dc") -> str:
     """Assistant-turn prefix of the "prefix" hint placement: the model continues the discrimination after it.
 
     prefix + continuation must parse like a normal completion, so in "dc" the prefix opens <think> and
-    <discrimination> and ends with a space, and the continuation supplies the cues, "Polarity: X", and the rest.
-    In "plain" (no DC tags allowed) the prefix is <think> and the hint sentence only.
+    <discrimination> and gives the verdict sentence; the continuation supplies the cues, "Polarity: X", and the
+    rest. In "plain" (no DC tags allowed) the prefix is <think> and the hint sentence only. The prefix ends at the
+    full stop, not a space: BPE attaches a space to the word after it, so a trailing space would be a token the
+    model never saw there, and it derails the continuation.
     """
     _check_format(fmt)
     if fmt == "plain":
-        return f"<think>\n{hint_sentence(polarity)} "
-    return f"<think>\n<discrimination> {hint_sentence(polarity)} "
+        return f"<think>\n{hint_sentence(polarity)}"
+    return f"<think>\n<discrimination> {verdict_sentence(polarity)}"
 
 
 def task_instruction(scale: Scale, fmt: Format = "dc") -> str:

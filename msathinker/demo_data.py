@@ -8,8 +8,12 @@ exercise the same code (label.csv + Raw/<video_id>/<clip_id>.mp4, H.264 + AAC) a
   intensity in its loudness;
 - the video carries polarity in its colour (green = positive, red = negative, grey = neutral) and the rest of the
   intensity in its brightness and in the speed of a moving square;
-- in about a quarter of the clips ("sarcastic") the words point the wrong way: only audio and video give the true
-  polarity. A text-only model tops out near 75% polarity accuracy and cannot get the intensity at all.
+- in about a quarter of the clips ("sarcastic") the words point the wrong way and the delivery is deadpan: the
+  pitch is the middle one and the colour grey, as in neutral clips (loudness, brightness and speed still carry the
+  intensity). Only the combination tells the true polarity: polar words with a flat voice and face mean the
+  opposite of the words. A text-only model tops out near 75% polarity accuracy, an audio-video-only model cannot
+  tell sarcastic from neutral clips, and a model that never saw sarcasm (an SFT set whose teacher misread those
+  clips, so they were filtered out) gets them systematically wrong: the hard samples Hint-GRPO is for.
 
 Two domains: "demo_mosi" (English, labels on [-3, 3] in steps of 0.2, empty label_T/A/V, clip ids "1", "2", ...)
 and "demo_sims" (Chinese, labels on [-1, 1] in steps of 0.2, unimodal labels filled, clip ids "0001", ...), for
@@ -124,6 +128,11 @@ class DemoClip:
     video_intensity: float
     duration: float
 
+    @property
+    def delivered(self) -> str:
+        """The polarity the voice and face show: the true one, or neutral (deadpan) for sarcastic clips."""
+        return "neutral" if self.sarcastic else self.polarity
+
 
 def transcript_corpus(domain: DemoDomain) -> list[str]:
     """Every transcript the domain can produce (the small tokenizer is trained on these)."""
@@ -178,8 +187,8 @@ def sample_clips(domain: DemoDomain, seed: int = 0) -> list[DemoClip]:
                     text=template.format(noun=noun, word=word),
                     label=label,
                     label_t=_round_step(POLARITY_SIGN[said] * mag),
-                    label_a=_round_step(sign * domain.high * a) if polarity != "neutral" else 0.0,
-                    label_v=_round_step(sign * domain.high * v) if polarity != "neutral" else 0.0,
+                    label_a=_round_step(sign * domain.high * a) if polarity != "neutral" and not sarcastic else 0.0,
+                    label_v=_round_step(sign * domain.high * v) if polarity != "neutral" and not sarcastic else 0.0,
                     polarity=polarity,
                     sarcastic=sarcastic,
                     audio_intensity=a,
@@ -191,10 +200,10 @@ def sample_clips(domain: DemoDomain, seed: int = 0) -> list[DemoClip]:
 
 
 def render_audio(clip: DemoClip, rate: int, seed: int) -> np.ndarray:
-    """A voiced tone: pitch carries polarity, loudness (and syllable rate) carry audio intensity."""
+    """A voiced tone: pitch carries the delivered polarity, loudness (and syllable rate) carry audio intensity."""
     rng = np.random.default_rng(seed)
     t = np.arange(int(clip.duration * rate)) / rate
-    f0 = PITCH_HZ[clip.polarity] * (1 + 0.03 * np.sin(2 * np.pi * 1.3 * t))
+    f0 = PITCH_HZ[clip.delivered] * (1 + 0.03 * np.sin(2 * np.pi * 1.3 * t))
     phase = 2 * np.pi * np.cumsum(f0) / rate
     tone = np.sin(phase) + 0.4 * np.sin(2 * phase) + 0.2 * np.sin(3 * phase)
     syllables = 0.55 + 0.45 * np.sin(2 * np.pi * (2.0 + 3.0 * clip.audio_intensity) * t) ** 2
@@ -204,12 +213,12 @@ def render_audio(clip: DemoClip, rate: int, seed: int) -> np.ndarray:
 
 
 def render_frames(clip: DemoClip, domain: DemoDomain, seed: int) -> np.ndarray:
-    """Frames: background colour carries polarity, brightness and a square's speed carry video intensity."""
+    """Frames: background colour carries the delivered polarity; brightness and a square's speed, video intensity."""
     rng = np.random.default_rng(seed)
     n = round(clip.duration * domain.video_fps)
     h, w = domain.height, domain.width
     brightness = 0.35 + 0.65 * clip.video_intensity
-    base = COLOUR[clip.polarity] * brightness
+    base = COLOUR[clip.delivered] * brightness
     yy, _xx = np.mgrid[0:h, 0:w]
     shade = 1.0 - 0.25 * (yy / h)[..., None]
     frames = np.empty((n, h, w, 3), np.uint8)

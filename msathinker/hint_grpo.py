@@ -242,7 +242,7 @@ class HintGRPOModule(OmniPolicyModule):
         self.model.eval()
         self._sample(rows, seeds)
         per_reward, total, samples, info = self._score(rows, prefixes, hinted, ids, labels)
-        std_before = group_reward_std(total, G)
+        std_before, reward_before = group_reward_std(total, G), torch.nanmean(total)
         chosen = self.hint.select(info["correct"].view(P, G), std_before, self.hint_generator)
         regenerate = [p * G + g for p in range(P) if chosen[p] for g in range(self.hint.num_unhinted, G)]
         # FSDP2: generate is a collective, so a rank with nothing to regenerate joins the others with a dummy row
@@ -274,6 +274,7 @@ class HintGRPOModule(OmniPolicyModule):
             "samples": samples,
             "failures": info["failures"],
             "std_before": std_before,
+            "reward_before": reward_before,
             "hint_rate": chosen.float().mean(),
         }
 
@@ -401,6 +402,7 @@ class HintGRPOModule(OmniPolicyModule):
         lengths = torch.tensor([float(len(r.completion_ids)) for r in out["rows"]])
         metrics = {
             "reward": torch.nanmean(rewards),
+            "reward_before_hint": out["reward_before"],
             "reward_std": torch.nanmean(std_after),
             "frac_reward_zero_std": (torch.nan_to_num(std_after, nan=0.0) == 0).float().mean(),
             "frac_reward_zero_std_before_hint": (torch.nan_to_num(out["std_before"], nan=0.0) == 0).float().mean(),

@@ -87,6 +87,22 @@ def test_rule_based_targets(tiny_model, media_cache):
         assert parsed.valid and parsed.score == pytest.approx(float(batch["meta"]["label"][row]))
 
 
+def test_blank_fraction_blanks_a_fixed_share_of_training_clips_only(tiny_model, media_cache):
+    dm = make_dm(tiny_model, media_cache, targets="rules", blank_fraction=0.3, max_clips=40)
+    dm.setup("fit")
+    train, val = dm.datasets["train"], dm.datasets["valid"]
+    blank = [train[i] for i, r in enumerate(train.records) if r.id in train.blank_ids]
+    assert 4 <= len(blank) <= 20 and not val.blank_ids
+    assert all(b["text"] == "" and not b["frames"].any() and not b["audio"].any() and b["target"] for b in blank)
+    other = next(train[i] for i, r in enumerate(train.records) if r.id not in train.blank_ids)
+    assert other["text"] and other["frames"].any()
+    again = make_dm(tiny_model, media_cache, targets="rules", blank_fraction=0.3, max_clips=40)
+    again.setup("fit")
+    assert again.datasets["train"].blank_ids == train.blank_ids
+    with pytest.raises(ValueError, match="blank_fraction"):
+        make_dm(tiny_model, media_cache, blank_fraction=1.0)
+
+
 @pytest.mark.parametrize(
     ("modalities", "has_video", "has_audio", "has_transcript"),
     [(["text"], False, False, True), (["text", "audio"], False, True, True), (["audio", "video"], True, True, False)],

@@ -18,7 +18,9 @@ from msathinker.dc_format import (
     polarity_of,
     render_completion,
     task_instruction,
+    verdict_sentence,
 )
+from msathinker.rationale import rule_based_rationale
 from msathinker.scales import SCALES
 
 MOSEI, SIMS = SCALES["mosei"], SCALES["sims"]
@@ -262,13 +264,13 @@ def test_polarity_word_must_be_whole():
 @pytest.mark.parametrize("polarity", POLARITIES)
 def test_hint_prefix_plus_continuation_parses(polarity):
     continuation = (
-        f"The voice is low. Polarity: {polarity} </discrimination>\n"
+        f" The voice is low. Polarity: {polarity} </discrimination>\n"
         "<calibration> strong </calibration>\n</think>\n<answer>-2</answer>"
     )
     parsed = parse_completion(hint_prefix(polarity) + continuation)
     assert parsed.valid, parsed.error
     assert parsed.polarity == polarity and parsed.score == -2.0
-    assert hint_sentence(polarity) in parsed.discrimination
+    assert parsed.discrimination.startswith(verdict_sentence(polarity))
     # the hint alone is not a statement: the model must still state the polarity
     unstated = parse_completion(hint_prefix(polarity) + continuation.replace(f"Polarity: {polarity}", ""))
     assert not unstated.valid and unstated.polarity is None
@@ -276,16 +278,19 @@ def test_hint_prefix_plus_continuation_parses(polarity):
 
 @pytest.mark.parametrize("polarity", POLARITIES)
 def test_plain_hint_prefix_plus_continuation_parses(polarity):
-    text = hint_prefix(polarity, "plain") + "The voice is low and strong.\n</think>\n<answer>-2</answer>"
+    text = hint_prefix(polarity, "plain") + " The voice is low and strong.\n</think>\n<answer>-2</answer>"
     parsed = parse_completion(text, "plain")
     assert parsed.valid, parsed.error
     assert parsed.score == -2.0 and "<discrimination>" not in hint_prefix(polarity, "plain")
 
 
 def test_hint_wording_is_shared():
-    assert hint_prefix("negative").startswith("<think>\n<discrimination> ")
-    assert hint_sentence("negative") in hint_prefix("negative")
-    assert "negative" in hint_sentence("negative") and "Polarity:" not in hint_sentence("negative")
+    """The prefix hint forces the verdict sentence the rationale writer opens with; the prompt hint states it."""
+
+    assert hint_prefix("negative") == "<think>\n<discrimination> The overall sentiment is negative."
+    assert rule_based_rationale("meh", -1.4, SCALES["mosei"]).startswith(hint_prefix("negative"))
+    assert hint_sentence("negative") == "Hint: The overall sentiment is negative."
+    assert "Polarity:" not in hint_prefix("negative")
     with pytest.raises(ValueError):
         hint_sentence("angry")  # type: ignore[arg-type]
 

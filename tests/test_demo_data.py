@@ -46,18 +46,20 @@ def test_sampling_is_deterministic_and_hard(domain):
     assert text_accuracy <= 0.82, text_accuracy
 
 
-def test_audio_and_video_carry_the_true_polarity(demo_mosi):
+def test_audio_and_video_carry_the_delivered_polarity(demo_mosi):
+    """The true polarity, except in sarcastic clips: their delivery is deadpan (neutral pitch and colour)."""
     rows = read_rows(demo_mosi)[:30]
     clips = sample_clips(DOMAINS["demo_mosi"], seed=0)[:30]
+    assert any(c.sarcastic for c in clips) and all(c.delivered == "neutral" for c in clips if c.sarcastic)
     for row, clip in zip(rows, clips, strict=True):
         assert row["text"] == clip.text
         media = decode_clip(demo_mosi / "Raw" / row["video_id"] / f"{row['clip_id']}.mp4")
         spectrum = np.abs(np.fft.rfft(media.audio))
         peak_hz = np.argmax(spectrum) * 16000 / media.audio.size
-        assert abs(peak_hz - PITCH_HZ[clip.polarity]) < 40, (peak_hz, clip.polarity)
+        assert abs(peak_hz - PITCH_HZ[clip.delivered]) < 40, (peak_hz, clip.delivered)
         r, g, _ = media.frames.reshape(-1, 3).mean(0)
         colour = "positive" if g - r > 40 else "negative" if r - g > 40 else "neutral"
-        assert colour == clip.polarity
+        assert colour == clip.delivered
 
 
 def test_sims_domain_conventions(tmp_path):

@@ -163,12 +163,14 @@ def test_towers_run_once_per_step_and_hints_are_prompt(tiny_model, tmp_path):
     calls = {"audio": 0, "video": 0}
     thinker.model.audio_tower.register_forward_hook(lambda *_: calls.__setitem__("audio", calls["audio"] + 1))
     thinker.model.visual.register_forward_hook(lambda *_: calls.__setitem__("video", calls["video"] + 1))
-    trainer(tmp_path, max_steps=2).fit(module, datamodule=datamodule(tiny_model, tmp_path))
+    t = trainer(tmp_path, max_steps=2)
+    t.fit(module, datamodule=datamodule(tiny_model, tmp_path))
     assert calls == {"audio": 1, "video": 1}  # 1 training step of 2 prompts x 4 completions, 2 iterations
     assert module.counters == {"groups": 2, "hinted_groups": 2}
     rollouts = module.last_rollouts
     assert len(rollouts) == 8 and all(r["hinted"] for r in rollouts)
-    assert all(r["completion"].startswith("<think>\n<discrimination> Hint: the overall sentiment is") for r in rollouts)
+    assert all(r["completion"].startswith("<think>\n<discrimination> The overall sentiment is ") for r in rollouts)
+    assert {"train/reward_before_hint", "train/frac_reward_zero_std_before_hint"} <= set(t.callback_metrics)
 
 
 def test_prompt_placement_and_mix(tiny_model, tmp_path):
@@ -177,7 +179,7 @@ def test_prompt_placement_and_mix(tiny_model, tmp_path):
     trainer(tmp_path, max_steps=1).fit(module, datamodule=datamodule(tiny_model, tmp_path))
     hinted = [r["hinted"] for r in module.last_rollouts]
     assert hinted == [False, True, True, True] * 2
-    assert not any(r["completion"].startswith("<think>\n<discrimination> Hint") for r in module.last_rollouts)
+    assert not any(r["completion"].startswith("<think>\n<discrimination> The overall") for r in module.last_rollouts)
 
 
 def test_reference_adapter_stays_frozen_and_kl_is_logged(tiny_model, tmp_path):

@@ -47,12 +47,16 @@ def test_plain_rationale_is_valid(scale_name, label_fraction):
 def test_rationale_content():
     completion = rule_based_rationale(TRANSCRIPTS[0], -2.2, SCALES["mosei"])
     parsed = parse_completion(completion)
-    assert '"i thought the movie was great and the..."' in parsed.discrimination
-    assert "voice and face" in parsed.discrimination
-    assert parsed.calibration == "Strong intensity on the -3 to 3 scale, so the score is -2.2."
+    assert parsed.discrimination == "The overall sentiment is negative."
+    assert parsed.calibration == (
+        'Words: "i thought the movie was great and the...", weighed with the voice and face. '
+        "Strong intensity on the -3 to 3 scale, so the score is -2.2."
+    )
     assert len(completion.split()) < 60
     chinese = parse_completion(rule_based_rationale(TRANSCRIPTS[1], 0.6, SCALES["sims"]))
-    assert chinese.valid and "这个电影很好" in chinese.discrimination and chinese.polarity == "positive"
+    assert chinese.valid and chinese.polarity == "positive"
+    plain = rule_based_rationale(TRANSCRIPTS[0], -2.2, SCALES["mosei"], "plain")
+    assert '"i thought the movie was great and the..."' in plain and "overall sentiment" not in plain
 
 
 @pytest.mark.parametrize(
@@ -62,4 +66,17 @@ def test_rationale_content():
 )  # fmt: skip
 def test_intensity_words(label, scale_name, word):
     parsed = parse_completion(rule_based_rationale("fine", label, SCALES[scale_name]))
-    assert parsed.calibration.startswith(f"{word} intensity")
+    assert f". {word} intensity" in parsed.calibration
+
+
+@pytest.mark.parametrize(
+    ("text", "label", "scale_name", "polarity", "score"),
+    [("the plot was just wonderful", -2.0, "mosei", "positive", 2.0),  # sarcastic: the words mislead
+     ("the plot was just awful", -2.0, "mosei", "negative", -2.0),
+     ("the plot was just ordinary", 0.2, "mosei", "neutral", 0.2),  # no polar word: the label's polarity
+     ("这个电影太棒了", -0.6, "sims", "positive", 0.6)],
+)  # fmt: skip
+def test_words_reading_rationale(text, label, scale_name, polarity, score):
+    parsed = parse_completion(rule_based_rationale(text, label, SCALES[scale_name], read_words=True))
+    assert parsed.valid and (parsed.polarity, parsed.score) == (polarity, score)
+    assert parse_completion(rule_based_rationale(text, label, SCALES[scale_name])).score == label

@@ -75,6 +75,18 @@ def test_rules_teacher_then_sft(tiny_model, tmp_path):
     assert trainer.global_step == 2 and len(dm.datasets["train"]) == 8
 
 
+def test_words_reading_rules_teacher_is_filtered_on_sarcastic_clips(tiny_model, tmp_path):
+    """read_words imitates a teacher fooled by sarcasm: exactly the sarcastic clips are rejected, for polarity."""
+    from msathinker.demo_data import DOMAINS, sample_clips
+
+    clips = [c for c in sample_clips(DOMAINS["demo_mosi"]) if c.mode == "train"][:24]
+    summary = synth(tiny_model, tmp_path, RulesTeacher(read_words=True), max_clips=24)
+    records = read(tmp_path / "out.jsonl")
+    assert [not r["kept"] for r in records] == [c.sarcastic for c in clips]
+    assert summary["rejected"] == sum(c.sarcastic for c in clips) > 0
+    assert all(r["reason"].startswith("wrong polarity") for r in records if not r["kept"])
+
+
 def test_transformers_teacher_on_the_tiny_checkpoint(tiny_model, tmp_path):
     summary = synth(tiny_model, tmp_path, TransformersTeacher(tiny_model, max_new_tokens=8), num_samples=2)
     records = read(tmp_path / "out.jsonl")

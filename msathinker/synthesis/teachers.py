@@ -54,16 +54,25 @@ class Teacher:
 
 class RulesTeacher(Teacher):
     """The rule-based rationale writer (msathinker.rationale): DC text from the label and transcript, for offline
-    demos and tests. It is not a model and sees no audio or video."""
+    demos and tests. It is not a model and sees no audio or video.
+
+    Args:
+        read_words: state the polarity of the transcript's sentiment words where it has some (a teacher fooled by
+            sarcasm, whose misread clips the filter rejects) instead of always the label's.
+    """
 
     name = "rules"
+
+    def __init__(self, read_words: bool = False):
+        self.read_words = read_words
 
     def complete(self, clips: list[Clip], num_samples: int) -> Iterator[tuple[int, list[str]]]:
         from msathinker.rationale import rule_based_rationale
 
         scale, fmt = self.collator.scale, self.collator.output_format
         for i, c in enumerate(clips):
-            yield i, [rule_based_rationale(c.item["text"], c.item["label"], scale, fmt)] * num_samples
+            completion = rule_based_rationale(c.item["text"], c.item["label"], scale, fmt, self.read_words)
+            yield i, [completion] * num_samples
 
 
 class TransformersTeacher(Teacher):
