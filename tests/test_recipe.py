@@ -20,7 +20,8 @@ def test_recipe_runs_every_stage_nested(tiny_model, tmp_path, monkeypatch):
              "1", "--model.init_args.policy.model_path", tiny_model, "--model.init_args.generation.max_new_tokens",
              "4", "--trainer.enable_progress_bar", "false"]  # fmt: skip
     grpo_small = [*small, "--model.init_args.grpo.num_generations", "2",
-                  "--model.init_args.grpo.max_completion_length", "8", "--model.init_args.hint.init_args.num_unhinted", "1"]  # fmt: skip
+                  "--model.init_args.grpo.max_completion_length", "8",
+                  "--model.init_args.hint.init_args.num_unhinted", "1"]  # fmt: skip
     results = run_recipe(
         experiment="recipe-test",
         output_dir=str(tmp_path / "out"),
