@@ -16,7 +16,7 @@ from msathinker.checkpoints import finish_checkpoint, keep_only_trainable_weight
 from msathinker.evaluation import CompletionEvaluator, GenerationOptions, generate_completions
 from msathinker.policy import PolicyOptions, build_policy, validate_policy_options
 from msathinker.rollout import thinker_of
-from msathinker.sharding import is_sharded, shard_policy
+from msathinker.sharding import check_fsdp2_options, is_sharded, shard_policy
 
 
 class OmniPolicyModule(L.LightningModule):
@@ -50,17 +50,13 @@ class OmniPolicyModule(L.LightningModule):
 
     def configure_model(self) -> None:
         if self.model is None:
+            mesh = self.device_mesh  # set by ModelParallelStrategy: FSDP2 over the data-parallel dimension
+            if mesh is not None:
+                check_fsdp2_options(mesh["tensor_parallel"].size(), self.policy.quantization)
             self.model, self.processor = build_policy(self.policy)
             self.model.train()
-            if self.device_mesh is not None:  # ModelParallelStrategy: FSDP2 over the data-parallel dimension
-                self._shard(self.device_mesh)
-
-    def _shard(self, mesh) -> None:
-        if mesh["tensor_parallel"].size() > 1:
-            raise ValueError("ModelParallelStrategy: set tensor_parallel_size: 1 (only FSDP2 data parallelism)")
-        if self.policy.quantization != "none":
-            raise ValueError("a 4-bit base (policy.quantization) cannot be sharded with FSDP2: use the DDP strategy")
-        shard_policy(self.model, thinker_of(self.model), mesh["data_parallel"], self.policy.fsdp)
+            if mesh is not None:
+                shard_policy(self.model, thinker_of(self.model), mesh["data_parallel"], self.policy.fsdp)
 
     @property
     def synced_generation(self) -> bool:

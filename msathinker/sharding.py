@@ -14,6 +14,20 @@ from torch import nn
 from msathinker.policy import FSDPOptions
 
 
+def check_fsdp2_options(tensor_parallel_size: int, quantization: str) -> None:
+    """Fail before any weight is loaded on a ModelParallelStrategy setting this FSDP2 path cannot run."""
+    if tensor_parallel_size != 1:
+        raise ValueError(
+            f"ModelParallelStrategy: tensor_parallel_size is {tensor_parallel_size}; set it to 1 (msathinker shards "
+            "with FSDP2 over data parallelism only)"
+        )
+    if quantization != "none":
+        raise ValueError(
+            f"policy.quantization is {quantization!r}: a 4-bit base cannot be sharded with FSDP2; use the DDP "
+            "strategy (or quantization: none)"
+        )
+
+
 def fsdp_units(thinker: nn.Module) -> list[nn.Module]:
     """The modules that become FSDP2 units, innermost first: every decoder layer, the input embeddings, the
     language model (its final norm), the LM head, the audio and vision towers."""

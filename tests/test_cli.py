@@ -92,3 +92,21 @@ def test_gpu_recipes_compose_on_their_base(stage):
     assert (policy["quantization"], policy["dtype"], policy["gradient_checkpointing"]) == ("nf4", "bfloat16", True)
     assert config["trainer"]["precision"] == "bf16-mixed"
     assert config["data"]["init_args"]["max_pixels"] == 100352 and config["data"]["init_args"]["batch_size"] == 1
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [(["--model.init_args.policy.quantization", "nf4"], "cannot be sharded with FSDP2"),
+     (["--trainer.strategy.init_args.tensor_parallel_size", "2", "--trainer.strategy.init_args.data_parallel_size",
+       "1", "--trainer.devices", "2"], "tensor_parallel_size is 2")],
+)  # fmt: skip
+def test_fsdp2_settings_it_cannot_run_fail_before_loading(override, message, tmp_path):
+    """ModelParallelStrategy with a 4-bit base or tensor parallelism: a clear error from configure_model, raised
+    before the policy is built."""
+    strategy = ["--trainer.strategy", "lightning.pytorch.strategies.ModelParallelStrategy",
+                "--trainer.strategy.init_args.data_parallel_size", "1"]  # fmt: skip
+    result = run("fit", "--config", "experiments/quickstart/sft.yaml", *strategy, "--trainer.logger", "false",
+                 "--trainer.callbacks", "[]", "--trainer.default_root_dir", str(tmp_path),
+                 *override)  # fmt: skip
+    assert result.returncode != 0 and message in result.stderr, result.stderr[-3000:]
+    assert "configure_model" in result.stderr and "build_policy" not in result.stderr
