@@ -306,11 +306,11 @@ def _inner_error(text: str, think: _Pair, disc: _Pair, cal: _Pair) -> str | None
 
 
 def verdict_sentence(polarity: Polarity) -> str:
-    """The sentence a DC discrimination opens with: the polarity verdict, before the cues that support it.
+    """The sentence a DC discrimination opens with: the polarity verdict, before the "Polarity: X" statement.
 
     The rule-based rationale writer opens with it, and the "prefix" hint forces exactly it, so a hinted completion
-    is one the model could have written itself: it continues from its own kind of opening (verdict, then cues, then
-    "Polarity: X"). Not the "Polarity: X" form, so the statement the parser reads still comes from the model.
+    is one the model could have written itself: it continues from its own kind of opening. Not the "Polarity: X"
+    form, so the statement the parser reads still comes from the model.
     """
     if polarity not in POLARITIES:
         raise ValueError(f"unknown polarity {polarity!r}; choose from {', '.join(POLARITIES)}")

@@ -100,14 +100,13 @@ def rule_based_rationale(text: str, label: float, scale: Scale, fmt: Format = "d
         polarity, score = said, abs(label) if said == "positive" else -abs(label)
     quote = _quote(text)
     words = f'Words: "{quote}", weighed with the voice and face.' if quote else "No words; the voice and face."
-    reasoning = DCReasoning(
-        polarity=polarity,
-        score=score,
-        discrimination=words if fmt == "plain" else verdict_sentence(polarity),
-        calibration=(
-            ("" if fmt == "plain" else f"{words} ")
-            + f"{_intensity(score, scale).capitalize()} intensity on the {format_score(scale.low)} to "
-            f"{format_score(scale.high)} scale, so the score is {format_score(score)}."
-        ),
+    intensity = (
+        f"{_intensity(score, scale).capitalize()} intensity on the {format_score(scale.low)} to "
+        f"{format_score(scale.high)} scale, so the score is {format_score(score)}."
     )
+    if fmt == "plain":  # no verdict: the cue sentence, then the intensity
+        discrimination, calibration = words, intensity
+    else:
+        discrimination, calibration = verdict_sentence(polarity), f"{words} {intensity}"
+    reasoning = DCReasoning(polarity=polarity, score=score, discrimination=discrimination, calibration=calibration)
     return render_completion(reasoning, fmt)
