@@ -65,9 +65,9 @@ def main() -> None:
                 hint=PolarityHint(trigger="always"),
             )
             data = MSADataModule(
-                processor_path=model, batch_size=args.prompts, max_clips=args.prompts * (args.steps + 1),
-                min_pixels=args.min_pixels, max_pixels=args.max_pixels, max_frames=args.max_frames,
-                media_cache_dir=f"{tmp}/media",
+                dataset="demo_mosi", processor_path=model, batch_size=args.prompts,
+                max_clips=args.prompts * (args.steps + 1), min_pixels=args.min_pixels, max_pixels=args.max_pixels,
+                max_frames=args.max_frames, media_cache_dir=f"{tmp}/media",
             )  # fmt: skip
             clock = StepClock()
             trainer = L.Trainer(

@@ -29,8 +29,8 @@ def main() -> None:
 
     def rate(teacher, tmp: str, name: str) -> float:
         summary = run_synthesis(
-            teacher=teacher, output=f"{tmp}/{name}.jsonl", processor_path=model, max_clips=args.clips,
-            experiment=None, progress=False,
+            teacher=teacher, output=f"{tmp}/{name}.jsonl", dataset="demo_mosi", processor_path=model,
+            max_clips=args.clips, experiment=None, progress=False,
         )  # fmt: skip
         return summary["clips_per_second"]
 

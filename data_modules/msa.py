@@ -373,11 +373,11 @@ class MSADataModule(L.LightningDataModule):
 
     Args:
         dataset: mosi, mosei, sims, simsv2 (real data; picks the label scale and the metric family) or
-            demo_mosi / demo_sims (the synthetic demo data, generated on first use).
+            demo_mosi / demo_sims (the synthetic demo data, generated on first use). Required.
+        processor_path: checkpoint whose processor builds the batches (a path, hub id or tiny alias). Required; the
+            CLI links it to the model's `model_path`.
         data_root: the dataset directory holding label.csv and Raw/. Required for real datasets; leave None for the
             demo datasets to use the cached copy.
-        processor_path: checkpoint whose processor builds the batches (a path, hub id or tiny alias). The CLI links
-            it to the model's `model_path`.
         modalities: which inputs the prompt carries, any of text, audio, video (ablations: ["text"],
             ["text", "video"], ...). The task instruction is always there.
         use_audio_in_video: interleave the audio track with the video tokens in 2 s chunks (Qwen2.5-Omni's TMRoPE
@@ -418,9 +418,9 @@ class MSADataModule(L.LightningDataModule):
 
     def __init__(
         self,
-        dataset: str = "demo_mosi",
+        dataset: str,
+        processor_path: str,
         data_root: str | None = None,
-        processor_path: str = "tiny",
         modalities: list[Modality] = ["text", "audio", "video"],  # noqa: B006 (jsonargparse needs a literal default)
         use_audio_in_video: bool = False,
         fps: float = 2.0,

@@ -74,11 +74,12 @@ def export_merged(adapter_path: str, out_dir: str, model_path: str | None = None
 
 
 def recipe(
-    experiment: str = "quickstart",
-    output_dir: str = "runs/quickstart-recipe",
-    synthesize: str | None = "experiments/quickstart/synthesize.yaml",
-    sft: str = "experiments/quickstart/sft.yaml",
-    grpo: str | None = "experiments/quickstart/hint_grpo.yaml",
+    *,
+    experiment: str = "msathinker",
+    output_dir: str = "runs/recipe",
+    synthesize: str | None,
+    sft: str,
+    grpo: str | None,
     sft_args: list[str] | None = None,
     grpo_args: list[str] | None = None,
     cross_domain: list[str] | None = None,
@@ -88,9 +89,11 @@ def recipe(
     Args:
         experiment: MLflow experiment of the parent run and the stage runs.
         output_dir: directory for every stage's files and the summary table.
-        synthesize: synthesis config (stage 0); null skips it and SFT uses its config's own targets.
-        sft: SFT config (stage 1); its data targets become the synthesis output.
-        grpo: Hint-GRPO config (stage 2), started from the SFT adapter; null stops after SFT.
+        synthesize: synthesis config (stage 0); null skips it and SFT uses its config's own targets. Required
+            (null is a value).
+        sft: SFT config (stage 1); its data targets become the synthesis output. Required.
+        grpo: Hint-GRPO config (stage 2), started from the SFT adapter; null stops after SFT. Required (null is a
+            value).
         sft_args: extra command-line overrides of the SFT stage.
         grpo_args: extra command-line overrides of the Hint-GRPO stage.
         cross_domain: datasets each trained model is also tested on (answers mapped between label ranges):

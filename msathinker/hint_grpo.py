@@ -105,7 +105,7 @@ class HintGRPOModule(OmniPolicyModule):
 
     def __init__(
         self,
-        policy: PolicyOptions = PolicyOptions(),
+        policy: PolicyOptions,
         grpo: GRPOOptions = GRPOOptions(),
         rewards: list[Reward] | None = None,
         hint: HintStrategy = PolarityHint(),

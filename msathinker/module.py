@@ -14,7 +14,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from msathinker.checkpoints import finish_checkpoint, keep_only_trainable_weights, restore_rng_states
 from msathinker.evaluation import CompletionEvaluator, GenerationOptions, generate_completions
-from msathinker.policy import PolicyOptions, build_policy, validate_policy_options
+from msathinker.policy import PolicyOptions, build_policy, check_update_resolution, validate_policy_options
 from msathinker.rollout import thinker_of
 from msathinker.sharding import check_fsdp2_options, is_sharded, shard_policy
 
@@ -65,8 +65,18 @@ class OmniPolicyModule(L.LightningModule):
         return self.model is not None and is_sharded(self.model) and self.trainer.world_size > 1
 
     def configure_optimizers(self):
+        names = {id(p): n for n, p in self.model.named_parameters() if p.requires_grad}
         params = [p for p in self.model.parameters() if p.requires_grad]
         optimizer = self.optimizer_factory(params)
+        precision = str(self.trainer.precision)
+        lora = self.policy.lora
+        if lora and lora.modules_to_save and self.policy.dtype != "float32" and not precision.endswith("-mixed"):
+            raise ValueError(
+                f"policy.lora.modules_to_save {list(lora.modules_to_save)} train in float32 beside a "
+                f"{self.policy.dtype} base, which feeds them {self.policy.dtype} inputs: that needs autocast. Set "
+                f"trainer.precision bf16-mixed (it is {precision!r}) or policy.dtype float32."
+            )
+        check_update_resolution(names, optimizer, precision)
         if self.scheduler_factory is None:
             return optimizer
         scheduler = {"scheduler": self.scheduler_factory(optimizer), "interval": "step"}

@@ -6,8 +6,11 @@ Shared by the SFT and Hint-GRPO modules (composition, not a base class): each mo
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
+
+import torch
 
 LANGUAGE_MODEL_LORA_TARGETS = (
     r"model\.language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
@@ -50,8 +53,9 @@ class FSDPOptions:
 class PolicyOptions:
     """How the thinker is loaded and which of its parameters train."""
 
-    model_path: str = "tiny"
-    """Checkpoint: local path, hub id, or a tiny alias (tiny, tiny-small, tiny-qwen)."""
+    model_path: str
+    """Checkpoint: a local directory, a hub id (Qwen/Qwen2.5-Omni-7B) or a tiny demo alias (tiny, tiny-small,
+    tiny-qwen). Required: a config without it is an error, never a silently random-initialised model."""
     lora: LoraOptions | None = LoraOptions()
     """LoRA settings; null trains the unfrozen weights in full."""
     adapter_path: str | None = None
@@ -70,6 +74,9 @@ class PolicyOptions:
     """Attention kernel (sdpa, eager, flash_attention_2); None lets transformers choose."""
     fsdp: FSDPOptions = FSDPOptions()
     """Sharding under trainer.strategy ModelParallelStrategy (FSDP2); ignored by DDP and single-process runs."""
+
+
+HALF_DTYPES = (torch.bfloat16, torch.float16)
 
 
 def validate_policy_options(options: PolicyOptions) -> None:
@@ -123,4 +130,45 @@ def build_policy(options: PolicyOptions):
             task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, config)
+    for param in model.parameters():  # peft keeps LoRA in fp32 but copies modules_to_save in the base's dtype
+        if param.requires_grad and param.dtype in HALF_DTYPES:
+            param.data = param.data.float()
     return model, processor
+
+
+def check_update_resolution(named_params: dict[int, str], optimizer, precision: str) -> None:
+    """Refuse half-precision trainable weights that the optimizer step cannot change.
+
+    A weight w stored in bf16 (or fp16) only moves if its update is at least half a unit in the last place at |w|:
+    2^floor(log2|w|) * eps / 2, eps = 2^-7 for bf16 (2^-10 for fp16); a smaller update rounds back to w. Adam-type
+    optimizers move each weight by about lr per step, so with bf16 weights of a typical LoRA A magnitude (1e-2) any
+    lr below ~3e-5 trains nothing, for hours, without a sign. The typical magnitude is the median of the nonzero
+    |w| of each tensor (a zero-initialised LoRA B moves at any lr).
+
+    named_params maps id(param) to its name (for the message); precision is trainer.precision (for the message).
+    """
+    from torch.distributed.tensor import DTensor
+
+    for group in optimizer.param_groups:
+        lr = float(group["lr"])
+        for param in group["params"]:
+            if param.dtype not in HALF_DTYPES:
+                continue
+            values = param.detach()
+            if isinstance(values, DTensor):  # FSDP2: this rank's shard is a fair sample
+                values = values.to_local()
+            values = values.float().abs().flatten()
+            values = values[values > 0]
+            if values.numel() == 0:
+                continue
+            typical = float(values.median())
+            half_step = 2.0 ** math.floor(math.log2(typical)) * torch.finfo(param.dtype).eps / 2
+            if lr < half_step:
+                raise ValueError(
+                    f"trainable weight {named_params.get(id(param), '?')} is {param.dtype} (trainer.precision "
+                    f"{precision!r}): an optimizer step of about lr {lr:g} is below half a {param.dtype} step "
+                    f"({half_step:.2g}) at its typical magnitude {typical:.2g}, so the update rounds away and the run "
+                    "would not learn. Keep trainable weights in float32: trainer.precision bf16-mixed (bf16 compute; "
+                    "LoRA, modules_to_save and optimizer state in fp32; the frozen base in policy.dtype), or "
+                    "policy.dtype float32 for a full fine-tune, or a larger lr."
+                )

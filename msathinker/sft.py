@@ -39,7 +39,7 @@ class SFTModule(OmniPolicyModule):
 
     def __init__(
         self,
-        policy: PolicyOptions = PolicyOptions(),
+        policy: PolicyOptions,
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
         generation: GenerationOptions = GenerationOptions(),

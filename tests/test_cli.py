@@ -82,7 +82,7 @@ def test_gpu_recipes_compose_on_their_base(stage):
     fsdp = run("fit", "--config", base, "--config", f"{recipe}_8gpu_fsdp2.yaml", "--print_config")
     assert fsdp.returncode == 0, fsdp.stderr[-2000:]
     trainer = yaml.safe_load(fsdp.stdout)["trainer"]
-    assert trainer["devices"] == 8 and trainer["precision"] == "bf16-true"
+    assert trainer["devices"] == 8 and trainer["precision"] == "bf16-mixed"
     assert trainer["strategy"]["class_path"] == "lightning.pytorch.strategies.ModelParallelStrategy"
     assert trainer["strategy"]["init_args"]["data_parallel_size"] == 8
     qlora = run("fit", "--config", base, "--config", f"{recipe}_1gpu_qlora.yaml", "--print_config")
@@ -110,3 +110,28 @@ def test_fsdp2_settings_it_cannot_run_fail_before_loading(override, message, tmp
                  *override)  # fmt: skip
     assert result.returncode != 0 and message in result.stderr, result.stderr[-3000:]
     assert "configure_model" in result.stderr and "build_policy" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("drop", "message"),
+    [
+        ("model.init_args.policy.model_path", "required: policy.model_path"),
+        ("data.init_args.dataset", "required: dataset"),
+    ],
+)
+def test_a_real_config_without_model_path_or_dataset_is_an_error(drop, message, tmp_path, capsys):
+    """No demo default hides behind a missing key: the real SFT recipe without its model path or dataset stops with
+    an error naming the key (it used to train the random-init tiny model on the synthetic clips)."""
+    from msathinker.cli import MSACLI, cli_kwargs
+
+    config = yaml.safe_load((REPO / "experiments/msa_thinker/sft.yaml").read_text())
+    *parents, key = drop.split(".")
+    node = config
+    for parent in parents:
+        node = node[parent]
+    del node[key]
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(SystemExit):
+        MSACLI(**cli_kwargs(), run=False, args=["--config", str(path), "--trainer.logger", "false"])
+    assert message in capsys.readouterr().err

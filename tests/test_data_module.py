@@ -17,7 +17,13 @@ from msathinker.media import decode_clip
 
 
 def make_dm(tiny_model: str, media_cache: str, **kwargs) -> MSADataModule:
-    defaults = {"processor_path": tiny_model, "media_cache_dir": media_cache, "max_clips": 6, "batch_size": 3}
+    defaults = {
+        "dataset": "demo_mosi",
+        "processor_path": tiny_model,
+        "media_cache_dir": media_cache,
+        "max_clips": 6,
+        "batch_size": 3,
+    }
     return MSADataModule(**{**defaults, **kwargs})
 
 
@@ -281,4 +287,4 @@ def test_ids_are_strings_with_leading_zeros(tiny_model, media_cache):
 
 def test_real_dataset_needs_root():
     with pytest.raises(ValueError, match="needs data_root"):
-        MSADataModule(dataset="mosei")
+        MSADataModule(dataset="mosei", processor_path="tiny")

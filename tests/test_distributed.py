@@ -89,7 +89,9 @@ def test_per_row_seeds_make_completions_independent_of_the_batch(tiny_model, tmp
     from msathinker.policy import LoraOptions, PolicyOptions, build_policy
 
     model, processor = build_policy(PolicyOptions(model_path=tiny_model, lora=LoraOptions(r=4)))
-    dm = MSADataModule(processor_path=tiny_model, max_clips=3, eval_batch_size=3, media_cache_dir=str(tmp_path))
+    dm = MSADataModule(
+        dataset="demo_mosi", processor_path=tiny_model, max_clips=3, eval_batch_size=3, media_cache_dir=str(tmp_path)
+    )
     dm.setup("validate")
     inputs = next(iter(dm.val_dataloader()))["inputs"]
     media = split_prompt_media(model, inputs, encode_once=True)

@@ -80,7 +80,7 @@ def test_hint_triggers():
 
 
 def datamodule(tiny_model: str, tmp_path: Path, **kwargs) -> MSADataModule:
-    defaults = dict(processor_path=tiny_model, max_clips=8, batch_size=2, eval_batch_size=4,
+    defaults = dict(dataset="demo_mosi", processor_path=tiny_model, max_clips=8, batch_size=2, eval_batch_size=4,
                     media_cache_dir=str(tmp_path / "media"))  # fmt: skip
     return MSADataModule(**{**defaults, **kwargs})
 

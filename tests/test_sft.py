@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def datamodule(tiny_model: str, tmp_path: Path, **kwargs) -> MSADataModule:
     defaults = dict(
-        processor_path=tiny_model, targets="rules", max_clips=8, batch_size=4, eval_batch_size=4,
+        dataset="demo_mosi", processor_path=tiny_model, targets="rules", max_clips=8, batch_size=4, eval_batch_size=4,
         media_cache_dir=str(tmp_path / "media"),
     )  # fmt: skip
     return MSADataModule(**{**defaults, **kwargs})

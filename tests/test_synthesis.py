@@ -31,8 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def synth(tiny_model: str, tmp_path: Path, teacher, max_clips: int = 4, **kwargs) -> dict:
-    defaults = dict(output=str(tmp_path / "out.jsonl"), processor_path=tiny_model, max_clips=max_clips,
-                    experiment=None, progress=False)  # fmt: skip
+    defaults = dict(output=str(tmp_path / "out.jsonl"), dataset="demo_mosi", processor_path=tiny_model,
+                    max_clips=max_clips, experiment=None, progress=False)  # fmt: skip
     return run_synthesis(teacher=teacher, **{**defaults, **kwargs})
 
 
@@ -66,7 +66,9 @@ def test_rules_teacher_then_sft(tiny_model, tmp_path):
     assert summary["kept"] == 8 and summary["teacher_polarity_accuracy"] == 1.0 and summary["teacher_score_mae"] == 0
     records = read(tmp_path / "out.jsonl")
     assert {r["teacher"] for r in records} == {"rules"} and all(r["kept"] and r["reason"] is None for r in records)
-    dm = MSADataModule(processor_path=tiny_model, targets=str(tmp_path / "out.jsonl"), max_clips=8, batch_size=4)
+    dm = MSADataModule(
+        dataset="demo_mosi", processor_path=tiny_model, targets=str(tmp_path / "out.jsonl"), max_clips=8, batch_size=4
+    )
     sft = SFTModule(policy=PolicyOptions(model_path=tiny_model, lora=LoraOptions(r=4, alpha=8)),
                     generation=GenerationOptions(max_new_tokens=4))  # fmt: skip
     trainer = L.Trainer(accelerator="cpu", max_steps=2, logger=False, enable_checkpointing=False,
@@ -161,8 +163,8 @@ def test_kill_9_then_rerun_holds_every_clip_once(tiny_model, tmp_path):
     with ChatServer(latency=0.1) as url:
         config.write_text(
             f"teacher:\n  class_path: msathinker.synthesis.OpenAITeacher\n  init_args:\n    base_url: {url}\n"
-            f"    model: tiny\n    max_in_flight: 1\noutput: {output}\nprocessor_path: {tiny_model}\nmax_clips: 24\n"
-            f"batch_size: 1\nexperiment: null\n"
+            f"    model: tiny\n    max_in_flight: 1\noutput: {output}\ndataset: demo_mosi\n"
+            f"processor_path: {tiny_model}\nmax_clips: 24\nbatch_size: 1\nexperiment: null\n"
         )
         command = [sys.executable, "-m", "msathinker", "synthesize", "--config", str(config)]
         env = {**os.environ, "PYTHONPATH": str(REPO)}

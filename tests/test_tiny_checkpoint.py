@@ -71,7 +71,12 @@ def test_forward_backward_generate_on_a_demo_batch(tiny_model, tmp_path):
     from msathinker.modeling import load_thinker
 
     dm = MSADataModule(
-        processor_path=tiny_model, targets="rules", max_clips=4, batch_size=2, media_cache_dir=str(tmp_path / "m")
+        dataset="demo_mosi",
+        processor_path=tiny_model,
+        targets="rules",
+        max_clips=4,
+        batch_size=2,
+        media_cache_dir=str(tmp_path / "m"),
     )
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))

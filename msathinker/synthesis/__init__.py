@@ -36,12 +36,13 @@ __all__ = [
 
 
 def run_synthesis(
-    teacher: Teacher | None = None,
+    *,
+    teacher: Teacher,
     output: str = "runs/synthesis/records.jsonl",
-    dataset: str = "demo_mosi",
+    dataset: str,
     data_root: str | None = None,
     splits: list[str] | None = None,
-    processor_path: str = "tiny",
+    processor_path: str,
     modalities: list[str] | None = None,
     num_samples: int = 1,
     label_conditioning: bool = False,
@@ -61,15 +62,15 @@ def run_synthesis(
     by reason, teacher polarity accuracy and score MAE, clips/s).
 
     Args:
-        teacher: the backend (class_path/init_args): msathinker.synthesis.RulesTeacher (rule-based stand-in),
-            msathinker.synthesis.TransformersTeacher (local omni checkpoint) or msathinker.synthesis.OpenAITeacher
-            (an OpenAI-compatible endpoint such as `vllm serve`); null: RulesTeacher.
+        teacher: the backend (class_path/init_args): msathinker.synthesis.OpenAITeacher (an OpenAI-compatible
+            endpoint such as `vllm serve`), msathinker.synthesis.TransformersTeacher (local omni checkpoint) or
+            msathinker.synthesis.RulesTeacher (the rule-based stand-in of the demo). Required.
         output: the JSONL to write; if it exists, clips already in it are skipped (resume).
-        dataset: mosi, mosei, sims, simsv2, demo_mosi or demo_sims (picks the label scale).
+        dataset: mosi, mosei, sims, simsv2, demo_mosi or demo_sims (picks the label scale). Required.
         data_root: dataset directory (label.csv + Raw/); None for the demo datasets.
         splits: label.csv modes to synthesize (default: [train]).
         processor_path: checkpoint whose processor and chat template build the prompts (the student's, so the
-            records match what SFT trains on).
+            records match what SFT trains on). Required.
         modalities: inputs given to the teacher, any of text, audio, video (default: all).
         num_samples: completions asked per clip; the first one passing the filter is kept.
         label_conditioning: tell the teacher the annotated score and ask it to explain it (off by default).
@@ -88,7 +89,6 @@ def run_synthesis(
     from data_modules.msa import MSADataModule
     from msathinker.dc_format import polarity_of
 
-    teacher = teacher or RulesTeacher()
     splits = splits or ["train"]
     data = MSADataModule(
         dataset=dataset, data_root=data_root, processor_path=processor_path,

@@ -79,7 +79,7 @@ class TransformersTeacher(Teacher):
     """A local Qwen2.5-Omni / Qwen3-Omni checkpoint (full or thinker-only), batched generate.
 
     Args:
-        model_path: checkpoint path, hub id or tiny alias.
+        model_path: checkpoint path, hub id or tiny alias. Required.
         dtype: weight dtype (bfloat16 on GPU).
         device: torch device ("cuda", "cpu").
         max_new_tokens: longest completion.
@@ -91,7 +91,7 @@ class TransformersTeacher(Teacher):
 
     def __init__(
         self,
-        model_path: str = "tiny",
+        model_path: str,
         dtype: str = "float32",
         device: str = "cpu",
         max_new_tokens: int = 512,
