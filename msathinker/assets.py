@@ -14,7 +14,10 @@ from pathlib import Path
 
 ASSETS_VERSION = 3
 TINY_MODELS = {"tiny": ("tiny", "small"), "tiny-small": ("small", "small"), "tiny-qwen": ("tiny", "qwen")}
-"""Model alias -> (preset, tokenizer) of the generated checkpoint."""
+"""Model alias -> (preset, tokenizer) of the generated random-init checkpoint."""
+DC_PRETRAINED = {"tiny-dc": "tiny"}
+"""Model alias -> the random-init alias it is trained from (msathinker.tiny.write_dc_pretrained_checkpoint): a
+stand-in for a pretrained base that already writes the DC format, for the CPU runs of the real recipes."""
 
 
 def cache_dir() -> Path:
@@ -47,11 +50,15 @@ def demo_dataset(domain: str) -> Path:
 
 
 def resolve_model_path(model_path: str) -> str:
-    """A local path or hub id unchanged; an alias of TINY_MODELS -> the cached tiny checkpoint (built on first use)."""
-    if model_path not in TINY_MODELS:
-        return model_path
-    from msathinker.tiny import write_tiny_checkpoint
+    """A local path or hub id unchanged; an alias of TINY_MODELS or DC_PRETRAINED -> the cached tiny checkpoint
+    (built on first use)."""
+    from msathinker import tiny
 
-    preset, tokenizer = TINY_MODELS[model_path]
     target = cache_dir() / f"v{ASSETS_VERSION}" / f"model-{model_path}"
-    return str(_build_once(target, lambda tmp: write_tiny_checkpoint(tmp, preset=preset, tokenizer=tokenizer)))
+    if model_path in TINY_MODELS:
+        preset, tokenizer = TINY_MODELS[model_path]
+        return str(_build_once(target, lambda tmp: tiny.write_tiny_checkpoint(tmp, preset=preset, tokenizer=tokenizer)))
+    if model_path in DC_PRETRAINED:
+        base = resolve_model_path(DC_PRETRAINED[model_path])
+        return str(_build_once(target, lambda tmp: tiny.write_dc_pretrained_checkpoint(tmp, base)))
+    return model_path

@@ -80,6 +80,7 @@ def recipe(
     synthesize: str | None,
     sft: str,
     grpo: str | None,
+    synthesize_args: list[str] | None = None,
     sft_args: list[str] | None = None,
     grpo_args: list[str] | None = None,
     cross_domain: list[str] | None = None,
@@ -94,6 +95,7 @@ def recipe(
         sft: SFT config (stage 1); its data targets become the synthesis output. Required.
         grpo: Hint-GRPO config (stage 2), started from the SFT adapter; null stops after SFT. Required (null is a
             value).
+        synthesize_args: extra command-line overrides of the synthesis stage (e.g. [--config, more.yaml]).
         sft_args: extra command-line overrides of the SFT stage.
         grpo_args: extra command-line overrides of the Hint-GRPO stage.
         cross_domain: datasets each trained model is also tested on (answers mapped between label ranges):
@@ -101,7 +103,10 @@ def recipe(
     """
     from msathinker.recipe import run_recipe
 
-    run_recipe(experiment, output_dir, synthesize, sft, grpo, sft_args or [], grpo_args or [], cross_domain or [])
+    run_recipe(
+        experiment, output_dir, synthesize, sft, grpo, sft_args or [], grpo_args or [], cross_domain or [],
+        synthesize_args or [],
+    )  # fmt: skip
 
 
 def compare(

@@ -46,8 +46,8 @@ def _test(cli, cross_domain: list[str]) -> dict[str, float]:
         cli.model.prediction_scale = own_scale if mapped else None
         # a logger-free trainer: the stage run's params describe its own data; the metrics are logged below
         tester = L.Trainer(
-            accelerator=cli.trainer.accelerator, devices=1, logger=False, enable_checkpointing=False,
-            limit_test_batches=cli.trainer.limit_test_batches, enable_progress_bar=False,
+            accelerator=cli.trainer.accelerator, devices=1, precision=cli.trainer.precision, logger=False,
+            enable_checkpointing=False, limit_test_batches=cli.trainer.limit_test_batches, enable_progress_bar=False,
         )  # fmt: skip
         metrics = tester.test(cli.model, datamodule=MSADataModule(**hparams))[0]
         if cli.trainer.logger is not None:
@@ -66,6 +66,7 @@ def run_recipe(
     sft_args: list[str],
     grpo_args: list[str],
     cross_domain: list[str],
+    synthesize_args: list[str] | None = None,
 ) -> dict[str, dict[str, float]]:
     """Run the stages (see the module docstring); returns {stage: {metric: value}}."""
     import mlflow
@@ -92,8 +93,8 @@ def run_recipe(
             from msathinker.synthesis import run_synthesis
 
             records = out / "synthesis" / "records.jsonl"
-            args = ["--config", synthesize, "--output", str(records), "--experiment", experiment,
-                    "--parent_run_id", parent.info.run_id]  # fmt: skip
+            args = ["--config", synthesize, *(synthesize_args or []), "--output", str(records),
+                    "--experiment", experiment, "--parent_run_id", parent.info.run_id]  # fmt: skip
             summary = CLI(run_synthesis, args=args)
             results["synthesis"] = {k: float(v) for k, v in summary.items() if isinstance(v, int | float)}
             targets_args = ["--data.init_args.targets", str(records)]

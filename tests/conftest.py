@@ -31,6 +31,14 @@ def tiny_model() -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_dc() -> str:
+    """Path of the cached tiny thinker pre-trained on the demo's DC answers (built on first use)."""
+    from msathinker.assets import resolve_model_path
+
+    return resolve_model_path("tiny-dc")
+
+
+@pytest.fixture(scope="session")
 def demo_mosi() -> Path:
     """Root of the cached demo_mosi dataset (generated on first use)."""
     from msathinker.assets import demo_dataset
