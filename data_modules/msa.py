@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 import math
@@ -78,12 +79,20 @@ def read_label_table(
     label_csv = root / "label.csv"
     if not label_csv.is_file():
         raise DataError(f"{label_csv}: file not found (expected the MMSA layout: <root>/label.csv, <root>/Raw/...)")
-    with open(label_csv, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(f"{label_csv}: missing column(s) {', '.join(missing)}; has {reader.fieldnames}")
-        rows = list(reader)
+    data = label_csv.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")  # Excel's "CSV UTF-8" starts with a byte order mark
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(
+            f"{label_csv}:{line}: not UTF-8 (byte 0x{data[exc.start]:02x}); save the table as UTF-8 "
+            "(in Excel: CSV UTF-8)"
+        ) from exc
+    reader = csv.DictReader(io.StringIO(text, newline=""))  # newline="": csv itself reads \n and \r\n line ends
+    missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise DataError(f"{label_csv}: missing column(s) {', '.join(missing)}; has {reader.fieldnames}")
+    rows = list(reader)
     raw_root = (root / "Raw").resolve()
     problems: list[str] = []
     records: list[ClipRecord] = []
