@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 import math
@@ -78,12 +79,20 @@ def read_label_table(
     label_csv = root / "label.csv"
     if not label_csv.is_file():
         raise DataError(f"{label_csv}: file not found (expected the MMSA layout: <root>/label.csv, <root>/Raw/...)")
-    with open(label_csv, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
-        if missing:
-            raise DataError(f"{label_csv}: missing column(s) {', '.join(missing)}; has {reader.fieldnames}")
-        rows = list(reader)
+    data = label_csv.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")  # Excel's "CSV UTF-8" starts with a byte order mark
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise DataError(
+            f"{label_csv}:{line}: not UTF-8 (byte 0x{data[exc.start]:02x}); save the table as UTF-8 "
+            "(in Excel: CSV UTF-8)"
+        ) from exc
+    reader = csv.DictReader(io.StringIO(text, newline=""))  # newline="": csv itself reads \n and \r\n line ends
+    missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise DataError(f"{label_csv}: missing column(s) {', '.join(missing)}; has {reader.fieldnames}")
+    rows = list(reader)
     raw_root = (root / "Raw").resolve()
     problems: list[str] = []
     records: list[ClipRecord] = []
@@ -154,23 +163,23 @@ class MediaCache:
         self.directory = directory
         self.options = options
 
-    def _path(self, record: ClipRecord) -> Path | None:
+    def _path(self, media: Path) -> Path | None:
         if self.directory is None:
             return None
-        stat = record.path.stat()
-        key = json.dumps([str(record.path), stat.st_size, stat.st_mtime_ns, self.options.__dict__], sort_keys=True)
+        stat = media.stat()
+        key = json.dumps([str(media), stat.st_size, stat.st_mtime_ns, self.options.__dict__], sort_keys=True)
         digest = hashlib.sha1(key.encode()).hexdigest()
         return self.directory / digest[:2] / f"{digest}.npz"
 
-    def load(self, record: ClipRecord) -> dict[str, np.ndarray]:
-        """The decoded media of a clip, from the cache or by decoding (and then caching) it."""
-        path = self._path(record) if record.path.is_file() else None
+    def load(self, media: Path) -> dict[str, np.ndarray]:
+        """The decoded media of a clip's file, from the cache or by decoding (and then caching) it."""
+        path = self._path(media) if media.is_file() else None
         if path is not None and path.is_file():
             with np.load(path) as data:
                 return {k: data[k] for k in data.files}
         o = self.options
         clip = decode_clip(
-            record.path,
+            media,
             video=o.video,
             audio=o.audio,
             fps=o.fps,
@@ -215,7 +224,7 @@ class MSADataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         r = self.records[index]
         item = {"id": r.id, "text": r.text, "label": r.label, "dataset": self.dataset, "scale": self.scale}
-        item.update(self.cache.load(r))
+        item.update(self.cache.load(r.path))
         if r.id in self.blank_ids:  # same shapes, no information: black frames, silence, no words
             item.update(text="", **{k: np.zeros_like(item[k]) for k in ("frames", "audio") if k in item})
         if self.targets is not None:
@@ -307,13 +316,11 @@ class MSACollator:
             inputs["labels"] = self.assistant_labels(inputs["input_ids"], inputs["attention_mask"])
         if self.use_audio_in_video and "audio" in self.modalities:
             inputs["use_audio_in_video"] = True
-        meta = {
-            "id": [it["id"] for it in items],
-            "text": [it["text"] for it in items],
-            "dataset": [it["dataset"] for it in items],
-            "scale": [it["scale"] for it in items],
-            "label": torch.tensor([it["label"] for it in items], dtype=torch.float32),
-        }
+        meta: dict[str, Any] = {"id": [it["id"] for it in items], "text": [it["text"] for it in items]}
+        if all("label" in it for it in items):  # dataset clips; new clips (the analyze command) have no label
+            meta["dataset"] = [it["dataset"] for it in items]
+            meta["scale"] = [it["scale"] for it in items]
+            meta["label"] = torch.tensor([it["label"] for it in items], dtype=torch.float32)
         return {"inputs": inputs, "meta": meta}
 
     def assistant_labels(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -582,7 +589,7 @@ class MSADataModule(L.LightningDataModule):
 
         def check(record: ClipRecord) -> str | None:
             try:
-                cache.load(record)
+                cache.load(record.path)
             except MediaError as exc:
                 return f"clip {record.id!r}: {exc}"
             return None

@@ -73,6 +73,66 @@ def export_merged(adapter_path: str, out_dir: str, model_path: str | None = None
     print(f"merged {adapter_path} into {base}; wrote {out_dir}")
 
 
+def analyze(
+    model: str,
+    videos: str,
+    transcripts: str | None = None,
+    output: str | None = None,
+    run_config: str | None = None,
+    model_path: str | None = None,
+    trained_scale: Literal["mosei", "sims"] | None = None,
+    scale: Literal["mosei", "sims"] | None = None,
+    batch_size: int = 4,
+    max_new_tokens: int | None = None,
+    dtype: str | None = None,
+    device: str | None = None,
+    media_cache_dir: str | None = None,
+    progress: bool = True,
+) -> None:
+    """Analyze new clips with a trained model: one JSON line per clip (polarity, score, DC texts, parse status).
+
+    Each line: {"id" (the file name without extension), "file", "polarity", "score" (on `scale`), "scale",
+    "discrimination", "calibration" (the DC texts; null if absent), "parse_status" ("valid": exactly the trained
+    format, "partial": a score or polarity could still be read, "unparsed"), "parse_error", "completion"}.
+    The prompt is the one the model was trained with: its settings (modalities, frames and pixels, system prompt,
+    output format, label range) and generation settings come from the run config, by default the config.yaml that
+    fit writes next to the adapter directory; without one, from the training defaults. No label.csv is needed.
+
+    Args:
+        model: a peft adapter directory (e.g. runs/quickstart-recipe/sft/adapter) or a checkpoint (a merged one
+            from export-merged, a local directory, hub id or tiny alias).
+        videos: the clips: one media file PyAV decodes (mp4, mkv, webm, mov, ...), a directory (every file in
+            it) or a glob pattern in quotes ('clips/*.mkv').
+        transcripts: what each clip says: a JSONL of {"id" or "file", "text"} lines or a CSV with the columns
+            id or file, and text (id: the file name without extension). Clips without a row get an empty
+            transcript; none: every transcript is empty.
+        output: the JSONL to write (replaced if it exists); none: standard output.
+        run_config: the training config (the fit run's config.yaml, or the YAML trained with); default: the
+            config.yaml in the adapter's parent directory, if there.
+        model_path: the base checkpoint of an adapter; default: the run config's policy.model_path, else the
+            adapter's base_model_name_or_path.
+        trained_scale: the label range the model was trained on, which the prompt states (mosei: [-3, 3], sims:
+            [-1, 1]); default: the run config's (its prediction_scale, else its dataset's).
+        scale: the range of the reported scores (answers are mapped linearly, as in cross-domain testing);
+            default: trained_scale.
+        batch_size: clips per generate call.
+        max_new_tokens: longest completion; default: the run config's generation.max_new_tokens, else 160.
+        dtype: weight dtype; default: the run config's policy.dtype, else float32.
+        device: torch device; default: cuda if available, else cpu.
+        media_cache_dir: where decoded clips are cached (default: <asset cache>/media, as in training).
+        progress: show progress bars (on standard error).
+    """
+    from msathinker.analyze import AnalyzeError, run_analysis
+
+    try:
+        run_analysis(
+            model, videos, transcripts, output, run_config, model_path, trained_scale, scale, batch_size,
+            max_new_tokens, dtype, device, media_cache_dir, progress,
+        )  # fmt: skip
+    except AnalyzeError as exc:
+        raise SystemExit(f"analyze: {exc}") from exc
+
+
 def recipe(
     *,
     experiment: str = "msathinker",
@@ -140,6 +200,7 @@ COMMANDS = {
     "tiny-checkpoint": tiny_checkpoint,
     "demo-data": demo_data,
     "export-merged": export_merged,
+    "analyze": analyze,
     "synthesize": run_synthesis,
     "recipe": recipe,
     "compare": compare,

@@ -1,7 +1,8 @@
 """A real OpenAI-compatible chat-completions server on 127.0.0.1 for tests and benchmarks (loopback only).
 
 It serves GET /v1/models and POST /v1/chat/completions. Answers come from a responder (the tiny checkpoint, or a
-canned text), optionally after a fixed latency; a script of failures (HTTP codes, malformed JSON, a hang) can be
+canned text), optionally after a fixed latency; the responder may also refuse a request by returning (HTTP status,
+message), answered with an error body as vLLM's. A script of failures (HTTP codes, malformed JSON, a hang) can be
 played first, one per request.
 """
 
@@ -67,12 +68,14 @@ class TinyModelResponder:
         return self.processor.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)[0]
 
 
+Respond = Callable[[dict], str | tuple[int, str]]
+"""A request body -> the answer text, or (HTTP status, message) to refuse the request."""
+
+
 class ChatServer:
     """Start with `with ChatServer(...) as url:`; `url` is the API root (http://127.0.0.1:PORT/v1)."""
 
-    def __init__(
-        self, respond: Callable[[dict], str] = lambda body: CANNED, script: list | None = None, latency: float = 0.0
-    ):
+    def __init__(self, respond: Respond = lambda body: CANNED, script: list | None = None, latency: float = 0.0):
         self.respond, self.script, self.latency = respond, list(script or []), latency
         self.requests = 0
         self.lock = threading.Lock()
@@ -105,9 +108,13 @@ class ChatServer:
                     time.sleep(2.0)
                     return self._send(200, b"{}")
                 time.sleep(server.latency)
+                answer = server.respond(body)
+                if isinstance(answer, tuple):
+                    status, message = answer
+                    error = {"object": "error", "message": message, "type": "BadRequestError", "code": status}
+                    return self._send(status, json.dumps(error).encode())
                 choices = [
-                    {"index": i, "message": {"role": "assistant", "content": server.respond(body)}}
-                    for i in range(body.get("n", 1))
+                    {"index": i, "message": {"role": "assistant", "content": answer}} for i in range(body.get("n", 1))
                 ]
                 self._send(200, json.dumps({"id": "x", "object": "chat.completion", "choices": choices}).encode())
 

@@ -20,7 +20,7 @@ def run(*args: str, cwd: Path = REPO) -> subprocess.CompletedProcess:
 def test_help_lists_every_command_without_importing_lightning():
     result = run("--help")
     assert result.returncode == 0
-    for command in ("fit", "validate", "test", "predict", "tiny-checkpoint", "demo-data", "recipe"):
+    for command in ("fit", "validate", "test", "predict", "tiny-checkpoint", "demo-data", "recipe", "analyze"):
         assert command in result.stdout
     probe = subprocess.run(
         [sys.executable, "-c", "import sys, msathinker.__main__ as m; m.main(['--help']); print('lightning' in sys.modules)"],  # noqa: E501

@@ -12,8 +12,10 @@ import pytest
 import torch
 
 from data_modules import DataError, MSADataModule
+from data_modules.msa import read_label_table
 from msathinker.demo_data import LABEL_COLUMNS, write_mp4
 from msathinker.media import decode_clip
+from msathinker.scales import SCALES
 
 
 def make_dm(tiny_model: str, media_cache: str, **kwargs) -> MSADataModule:
@@ -262,6 +264,37 @@ def test_missing_column(tiny_model, media_cache, dataset_copy):
     write_table(root, rows, [c for c in LABEL_COLUMNS if c != "label"])
     with pytest.raises(DataError, match=r"label\.csv: missing column\(s\) label"):
         make_dm(tiny_model, media_cache, dataset="mosi", data_root=str(root), on_bad_clip="skip").setup("fit")
+
+
+@pytest.mark.parametrize(
+    ("encoding", "line_end"),
+    [("utf-8-sig", "\r\n"), ("utf-8-sig", "\n"), ("utf-8", "\r\n")],
+    ids=["excel", "bom", "crlf"],
+)
+def test_label_csv_with_bom_or_crlf_loads(dataset_copy, encoding, line_end):
+    """Excel's "CSV UTF-8" starts with a byte order mark and ends lines with CRLF; both read as plain UTF-8."""
+    root, rows = dataset_copy
+    rows[0]["text"] = "Un café très agréable"
+    with open(root / "label.csv", "w", newline="", encoding=encoding) as f:
+        writer = csv.DictWriter(f, fieldnames=LABEL_COLUMNS, extrasaction="ignore", lineterminator=line_end)
+        writer.writeheader()
+        writer.writerows(rows)
+    records, problems = read_label_table(root, SCALES["mosei"])
+    assert problems == []
+    assert [(r.video_id, r.clip_id, r.text, r.label, r.mode) for r in records] == [
+        (r["video_id"], r["clip_id"], r["text"], float(r["label"]), r["mode"]) for r in rows
+    ]
+
+
+def test_label_csv_not_utf8_names_the_line(dataset_copy):
+    root, rows = dataset_copy
+    rows[2]["text"] = "Un café très agréable"
+    with open(root / "label.csv", "w", newline="", encoding="cp1252") as f:
+        writer = csv.DictWriter(f, fieldnames=LABEL_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    with pytest.raises(DataError, match=r"label\.csv:4: not UTF-8 \(byte 0xe9\); save the table as UTF-8"):
+        read_label_table(root, SCALES["mosei"])
 
 
 def test_empty_split(tiny_model, media_cache, dataset_copy):

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -120,24 +121,84 @@ def test_429_then_200_succeeds(tiny_model, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("script", "message"),
-    [([500] * 10, "giving up after 2 retries; last error HTTP 500"), (["malformed"], "malformed JSON"),
-     (["hang"] * 10, "giving up after 2 retries; last error")],
+    ("script", "reason"),
+    [([500] * 3, "giving up after 2 retries; last error HTTP 500: scripted 500"),
+     (["malformed"], "malformed JSON from the endpoint"), (["hang"] * 3, "giving up after 2 retries; last error")],
 )  # fmt: skip
-def test_endpoint_failures_keep_what_was_completed(tiny_model, tmp_path, script, message):
-    output = tmp_path / "out.jsonl"
+def test_a_clip_the_endpoint_keeps_failing_is_recorded_and_the_run_goes_on(tiny_model, tmp_path, script, reason):
     server = ChatServer(script=["ok", *script])
-    with server as url, pytest.raises(TeacherError, match=message):
-        synth(tiny_model, tmp_path, openai(url, max_in_flight=1, timeout=0.3), max_clips=3, batch_size=1)
-    records = read(output)
-    assert len(records) == 1 and records[0]["completion"] == CANNED
+    with server as url:
+        summary = synth(tiny_model, tmp_path, openai(url, max_in_flight=1, timeout=0.3), max_clips=3, batch_size=1)
+    records = read(tmp_path / "out.jsonl")
+    assert [r["teacher_error"] for r in records] == [False, True, False]
+    assert records[0]["completion"] == records[2]["completion"] == CANNED
+    assert records[1]["reason"].startswith(f"teacher error: {reason}") and records[1]["completion"] is None
+    assert not records[1]["kept"] and records[1]["samples_tried"] == 0
+    assert summary["clips"] == 3 and summary["teacher_errors"] == 1 and summary["kept"] + summary["rejected"] == 2
 
 
-def test_other_4xx_fails_without_retry(tiny_model, tmp_path):
+def test_other_4xx_is_not_retried(tiny_model, tmp_path):
     server = ChatServer(script=[400])
-    with server as url, pytest.raises(TeacherError, match=r"endpoint answered 400: .*scripted 400"):
-        synth(tiny_model, tmp_path, openai(url, max_in_flight=1), max_clips=1)
-    assert server.requests == 1
+    with server as url:
+        summary = synth(tiny_model, tmp_path, openai(url, max_in_flight=1), max_clips=1)
+    assert server.requests == 1 and summary["teacher_errors"] == 1
+    assert read(tmp_path / "out.jsonl")[0]["reason"] == "teacher error: HTTP 400: scripted 400"
+
+
+CONTEXT_ERROR = (
+    "This model's maximum context length is 32768 tokens. However, you requested 41002 tokens (40490 in the "
+    "messages, 512 in the completion). Please reduce the length of the messages or completion."
+)
+
+
+def refuse_the_plot_clips(body: dict) -> str | tuple[int, str]:
+    """vLLM's answer to a video over the context length, here for every clip whose transcript mentions the plot."""
+    return (400, CONTEXT_ERROR) if "plot" in body["messages"][-1]["content"][-1]["text"] else CANNED
+
+
+def test_refused_clips_are_recorded_and_retry_failed_asks_again_without_duplicates(tiny_model, tmp_path):
+    from data_modules.msa import read_targets
+    from msathinker.demo_data import DOMAINS, sample_clips
+
+    output = tmp_path / "out.jsonl"
+    train = [c for c in sample_clips(DOMAINS["demo_mosi"]) if c.mode == "train"][:8]
+    plot = {f"{c.video_id}$_${c.clip_id}" for c in train if "plot" in c.text}
+    assert 0 < len(plot) < 8
+    run = dict(max_clips=8, batch_size=3)
+    with ChatServer(refuse_the_plot_clips) as url:
+        summary = synth(tiny_model, tmp_path, openai(url, max_in_flight=2), **run)
+    records = read(output)
+    assert len(records) == 8 and {r["id"] for r in records if r["teacher_error"]} == plot
+    assert all(r["reason"] == f"teacher error: HTTP 400: {CONTEXT_ERROR}" for r in records if r["id"] in plot)
+    assert all(r["completion"] == CANNED for r in records if r["id"] not in plot)
+    assert summary["teacher_errors"] == len(plot) and summary["kept"] + summary["rejected"] == 8 - len(plot)
+    first_targets = read_targets(output)
+
+    server = ChatServer()  # the plain re-run skips every recorded clip; retry_failed asks for the refused ones
+    with server as url:
+        assert synth(tiny_model, tmp_path, openai(url), **run)["teacher_errors"] == len(plot)
+        assert server.requests == 0
+        summary = synth(tiny_model, tmp_path, openai(url), retry_failed=True, **run)
+    assert server.requests == len(plot) and summary["written_this_run"] == len(plot)
+    records = read(output)
+    assert len(records) == 8 and len({r["id"] for r in records}) == 8 and not any(r["teacher_error"] for r in records)
+    assert summary["clips"] == 8 and summary["teacher_errors"] == 0 and summary["kept"] + summary["rejected"] == 8
+    targets = read_targets(output)  # SFT's reader: one kept record per clip (it rejects a duplicate id)
+    assert len(targets) == summary["kept"] and first_targets.items() <= targets.items()
+
+
+def test_an_endpoint_that_goes_away_stops_the_run_and_keeps_what_was_written(tiny_model, tmp_path):
+    server = ChatServer()
+
+    def answer_then_go_away(body: dict) -> str:
+        if server.requests == 2:
+            threading.Thread(target=server.__exit__).start()
+        return CANNED
+
+    server.respond = answer_then_go_away
+    with server as url, pytest.raises(TeacherError, match="is not reachable"):
+        synth(tiny_model, tmp_path, openai(url, max_in_flight=1, timeout=1.0), max_clips=4, batch_size=1)
+    assert [r["completion"] for r in read(tmp_path / "out.jsonl")] == [CANNED, CANNED]
 
 
 def test_an_unreachable_endpoint_fails_before_any_work(tiny_model, tmp_path):
@@ -155,6 +216,17 @@ def test_torn_last_line_is_repaired_and_a_bad_middle_line_is_an_error(tmp_path, 
     path.write_text('{"id": "a"}\nnot json\n{"id": "c"}\n')
     with pytest.raises(ValueError, match=r"out\.jsonl:2: not valid JSON"):
         RecordStore(path)
+
+
+def test_drop_replaces_the_file_at_once_and_a_leftover_rewrite_is_removed(tmp_path):
+    path, leftover = tmp_path / "out.jsonl", tmp_path / "out.jsonl.rewrite"
+    path.write_text('{"id": "a", "kept": true}\n{"id": "b", "kept": false, "teacher_error": true}\n')
+    leftover.write_text('{"id": "a", "ke')  # a kill while `drop` was writing: the file itself is the old one
+    store = RecordStore(path)
+    assert not leftover.exists() and store.done == {"a", "b"}
+    store.drop({"b"})
+    assert path.read_text() == '{"id": "a", "kept": true}\n' and not leftover.exists()
+    assert store.done == {"a"} and RecordStore(path).records == store.records == [{"id": "a", "kept": True}]
 
 
 def test_kill_9_then_rerun_holds_every_clip_once(tiny_model, tmp_path):

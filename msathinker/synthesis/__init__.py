@@ -5,24 +5,37 @@ For each clip of the chosen splits: build the same prompt the student is trained
 within tolerance) or else the least bad one, and append one record per clip to the output JSONL:
 
     {"id", "video_id", "clip_id", "split", "prompt", "completion", "polarity", "score", "label", "label_polarity",
-     "kept", "reason", "samples_tried", "teacher"}
+     "kept", "reason", "samples_tried", "teacher", "teacher_error"}
 
-The SFT stage reads the kept records directly (`data.init_args.targets: <jsonl>`). Re-running the same command
-skips the clips already written (see store.py for the crash-safety contract).
+A clip the teacher refuses for good (e.g. a video over the served model's context length) is recorded with
+kept=false, teacher_error=true, completion null and the teacher's status and message as the reason, and the run
+goes on. The SFT stage reads the kept records directly (`data.init_args.targets: <jsonl>`). Re-running the same
+command skips the clips already written; with `retry_failed: true` it asks again for the refused ones, whose new
+record replaces the old (see store.py for the crash-safety contract).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
 from msathinker.synthesis.filtering import FilterRules, best_sample, summarize
 from msathinker.synthesis.store import RecordStore
-from msathinker.synthesis.teachers import Clip, OpenAITeacher, RulesTeacher, Teacher, TeacherError, TransformersTeacher
+from msathinker.synthesis.teachers import (
+    Clip,
+    ClipRefused,
+    OpenAITeacher,
+    RulesTeacher,
+    Teacher,
+    TeacherError,
+    TransformersTeacher,
+)
 
 __all__ = [
+    "ClipRefused",
     "FilterRules",
     "OpenAITeacher",
     "RecordStore",
@@ -33,6 +46,8 @@ __all__ = [
     "run_synthesis",
     "summarize",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def run_synthesis(
@@ -55,11 +70,13 @@ def run_synthesis(
     experiment: str | None = "synthesis",
     parent_run_id: str | None = None,
     progress: bool = True,
+    retry_failed: bool = False,
 ) -> dict[str, Any]:
     """Write teacher chain-of-thought in DC form for every clip of a dataset split, filtered against the labels.
 
     Resumes from `output` if it exists; prints and returns the summary of all records in the file (kept / rejected
-    by reason, teacher polarity accuracy and score MAE, clips/s).
+    by reason / refused by the teacher, teacher polarity accuracy and score MAE, clips/s). A clip the teacher
+    refuses for good is recorded with kept=false and teacher_error=true, and the run goes on.
 
     Args:
         teacher: the backend (class_path/init_args): msathinker.synthesis.OpenAITeacher (an OpenAI-compatible
@@ -83,6 +100,8 @@ def run_synthesis(
         experiment: MLflow experiment of the summary run; null disables logging.
         parent_run_id: MLflow run to nest the summary run under (the recipe sets it).
         progress: show a progress bar.
+        retry_failed: ask the teacher again for the clips of these splits it refused on an earlier run (records
+            with teacher_error=true); each one's new record replaces the old, so the file keeps one record per clip.
     """
     from tqdm.auto import tqdm
 
@@ -99,6 +118,9 @@ def run_synthesis(
     teacher.setup(data.build_collator())  # fails fast (e.g. an unreachable endpoint) before any decoding
     for split in splits:  # then validate and decode everything: bad data fails before any teacher request
         data.setup_split(split)
+    if retry_failed:
+        wanted = {r.id for split in splits for r in data.datasets[split].records}
+        store.drop({r["id"] for r in store.records if r.get("teacher_error") and r["id"] in wanted})
     started = time.perf_counter()
     written = 0
     for split in splits:
@@ -113,20 +135,25 @@ def run_synthesis(
                 if label_conditioning:
                     item["note"] = f"The annotated score is {item['label']:g}; explain it in this format."
                 chunk.append(Clip(item, str(dataset_split.records[i].path)))
-            for k, completions in teacher.complete(chunk, num_samples):
+            for k, result in teacher.complete(chunk, num_samples):
                 item, record = chunk[k].item, dataset_split.records[todo[start + k]]
-                text, parsed, reason = best_sample(
-                    completions, item["label"], scale, filter, data.collator.output_format
-                )
-                store.append(
-                    {
-                        "id": item["id"], "video_id": record.video_id, "clip_id": record.clip_id, "split": split,
-                        "prompt": data.collator.conversation(item)[-1]["content"][-1]["text"], "completion": text,
-                        "polarity": parsed.effective_polarity(scale), "score": parsed.score, "label": item["label"],
-                        "label_polarity": polarity_of(item["label"], scale), "kept": reason is None,
-                        "reason": reason, "samples_tried": len(completions), "teacher": teacher.name,
-                    }
-                )  # fmt: skip
+                clip = {
+                    "id": item["id"], "video_id": record.video_id, "clip_id": record.clip_id, "split": split,
+                    "prompt": data.collator.conversation(item)[-1]["content"][-1]["text"], "label": item["label"],
+                    "label_polarity": polarity_of(item["label"], scale), "teacher": teacher.name,
+                }  # fmt: skip
+                if isinstance(result, ClipRefused):
+                    log.warning("%s; recorded with kept=false (retry_failed: true asks again)", result)
+                    outcome = {"completion": None, "polarity": None, "score": None, "kept": False,
+                               "reason": f"teacher error: {result.reason}", "samples_tried": 0}  # fmt: skip
+                else:
+                    text, parsed, reason = best_sample(
+                        result, item["label"], scale, filter, data.collator.output_format
+                    )
+                    outcome = {"completion": text, "polarity": parsed.effective_polarity(scale),
+                               "score": parsed.score, "kept": reason is None, "reason": reason,
+                               "samples_tried": len(result)}  # fmt: skip
+                store.append({**clip, **outcome, "teacher_error": isinstance(result, ClipRefused)})
                 written += 1
                 bar.update()
         bar.close()
@@ -134,6 +161,11 @@ def run_synthesis(
     summary["written_this_run"] = written
     summary["clips_per_second"] = written / max(time.perf_counter() - started, 1e-9)
     print(json.dumps(summary, indent=2))
+    if summary["teacher_errors"]:
+        log.warning(
+            "%s: the teacher refused %d clip(s) (records with teacher_error: true); run again with "
+            "retry_failed: true to ask for them again", output, summary["teacher_errors"],
+        )  # fmt: skip
     if experiment is not None:
         _log_to_mlflow(summary, output, teacher, experiment, parent_run_id)
     return summary

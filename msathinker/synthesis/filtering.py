@@ -56,11 +56,15 @@ def best_sample(completions: list[str], label: float, scale: Scale, rules: Filte
 
 
 def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """Counts kept / rejected by reason kind, teacher polarity accuracy and score MAE against the labels."""
+    """Counts kept / rejected by reason kind / refused by the teacher (teacher errors), and the teacher's polarity
+    accuracy and score MAE against the labels over the clips it answered."""
     reasons: dict[str, int] = {}
-    correct = scored = 0
+    correct = scored = teacher_errors = 0
     errors: list[float] = []
     for r in records:
+        if r.get("teacher_error"):
+            teacher_errors += 1
+            continue
         if not r["kept"]:
             kind = r["reason"].split(":")[0].split(" by ")[0]
             reasons[kind] = reasons.get(kind, 0) + 1
@@ -69,13 +73,14 @@ def summarize(records: list[dict[str, Any]]) -> dict[str, Any]:
         if r.get("score") is not None:
             scored += 1
             errors.append(abs(r["score"] - r["label"]))
-    n = len(records)
+    answered = len(records) - teacher_errors
     return {
-        "clips": n,
+        "clips": len(records),
         "kept": sum(r["kept"] for r in records),
-        "rejected": sum(not r["kept"] for r in records),
+        "rejected": sum(reasons.values()),
         "rejected_by_reason": reasons,
-        "teacher_polarity_accuracy": correct / n if n else 0.0,
+        "teacher_errors": teacher_errors,
+        "teacher_polarity_accuracy": correct / answered if answered else 0.0,
         "teacher_score_mae": sum(errors) / len(errors) if errors else float("nan"),
-        "unparsed": n - scored,
+        "unparsed": answered - scored,
     }

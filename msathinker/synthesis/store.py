@@ -4,6 +4,12 @@ Each completed clip is one line, written with a single write, flushed and fsync'
 kill loses at most the clip in flight. On open, a torn last line (a kill during the write) is cut off with a
 warning; a bad line anywhere else is an error naming the line, because silently dropping it would lose user data.
 Ids already in the file are skipped by the run, so re-running the same command resumes without duplicates.
+
+The file holds one record per clip, so its readers (SFT's targets, the summary) never have to pick between two.
+To ask again for clips whose record is a teacher error (`retry_failed`), `drop` first removes those records: it
+writes the remaining lines to `<name>.rewrite`, fsyncs it and renames it over the file (an atomic replace), so a
+kill leaves either the old file or the new one; a leftover `.rewrite` file (a kill before the rename) is deleted
+on open. A dropped clip has no record until its new one is appended, and any later run asks for it again.
 """
 
 from __future__ import annotations
@@ -23,9 +29,14 @@ class RecordStore:
     def __init__(self, path: str | Path):
         self.path = Path(path)
         self.records: list[dict[str, Any]] = []
+        self._rewrite_path.unlink(missing_ok=True)  # an interrupted `drop`: the file itself is still the old one
         if self.path.exists():
             self._load()
         self.done = {r["id"] for r in self.records}
+
+    @property
+    def _rewrite_path(self) -> Path:
+        return self.path.with_name(self.path.name + ".rewrite")
 
     def _load(self) -> None:
         data = self.path.read_bytes()
@@ -54,8 +65,25 @@ class RecordStore:
                 f.flush()
                 os.fsync(f.fileno())
 
+    def drop(self, ids: set[str]) -> None:
+        """Remove the records of `ids` from the file with an atomic replace (see the module docstring)."""
+        if not ids & self.done:
+            return
+        self.records = [r for r in self.records if r["id"] not in ids]
+        with open(self._rewrite_path, "wb") as f:
+            f.write(b"".join(_line(r) for r in self.records))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(self._rewrite_path, self.path)
+        directory = os.open(self.path.parent, os.O_RDONLY)  # make the rename itself durable
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
+        self.done -= ids
+
     def append(self, record: dict[str, Any]) -> None:
-        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        line = _line(record)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "ab") as f:
             f.write(line)
@@ -63,3 +91,7 @@ class RecordStore:
             os.fsync(f.fileno())
         self.records.append(record)
         self.done.add(record["id"])
+
+
+def _line(record: dict[str, Any]) -> bytes:
+    return (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")

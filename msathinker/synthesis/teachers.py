@@ -36,7 +36,17 @@ class Clip:
 
 
 class TeacherError(RuntimeError):
-    """The teacher cannot answer (endpoint down, retries exhausted, bad response); the message says why."""
+    """The teacher cannot go on (e.g. its endpoint is down); the run stops and the message says why."""
+
+
+class ClipRefused(TeacherError):
+    """The teacher refuses one clip for good: a non-retryable 4xx (e.g. vLLM's 400 for a prompt over the model's
+    maximum context length), retries exhausted while the endpoint still answers, or an unusable response. The run
+    records the clip with kept=false and `reason`, and goes on."""
+
+    def __init__(self, clip_id: str, reason: str):
+        super().__init__(f"clip {clip_id}: {reason}")
+        self.reason = reason
 
 
 class Teacher:
@@ -47,8 +57,9 @@ class Teacher:
     def setup(self, collator) -> None:
         self.collator = collator
 
-    def complete(self, clips: list[Clip], num_samples: int) -> Iterator[tuple[int, list[str]]]:
-        """Yield (index in clips, its num_samples completions) as each clip finishes."""
+    def complete(self, clips: list[Clip], num_samples: int) -> Iterator[tuple[int, list[str] | ClipRefused]]:
+        """Yield (index in clips, its num_samples completions) as each clip finishes; for a clip the teacher refuses
+        for good, its ClipRefused error instead of the completions. Raise TeacherError when it cannot go on."""
         raise NotImplementedError
 
 
@@ -66,7 +77,7 @@ class RulesTeacher(Teacher):
     def __init__(self, read_words: bool = False):
         self.read_words = read_words
 
-    def complete(self, clips: list[Clip], num_samples: int) -> Iterator[tuple[int, list[str]]]:
+    def complete(self, clips: list[Clip], num_samples: int) -> Iterator[tuple[int, list[str] | ClipRefused]]:
         from msathinker.rationale import rule_based_rationale
 
         scale, fmt = self.collator.scale, self.collator.output_format
@@ -109,7 +120,7 @@ class TransformersTeacher(Teacher):
         self.model.to(self.device).eval()
         self.name = f"transformers:{self.model_path}"
 
-    def complete(self, clips: list[Clip], num_samples: int) -> Iterator[tuple[int, list[str]]]:
+    def complete(self, clips: list[Clip], num_samples: int) -> Iterator[tuple[int, list[str] | ClipRefused]]:
         import torch
 
         batch = self.collator([c.item for c in clips])
@@ -126,6 +137,21 @@ class TransformersTeacher(Teacher):
         texts = tok.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
         for i in range(len(clips)):
             yield i, texts[i * num_samples : (i + 1) * num_samples]
+
+
+def error_message(body: bytes) -> str:
+    """The message of an error response (OpenAI's {"error": {"message"}} or vLLM's {"message"}), else its text."""
+    text = body.decode("utf-8", "replace")
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError:
+        parsed = None
+    if isinstance(parsed, dict):
+        error = parsed.get("error")
+        message = error.get("message") if isinstance(error, dict) else parsed.get("message")
+        if isinstance(message, str):
+            text = message
+    return text[:300]
 
 
 def wav_bytes(audio: np.ndarray, rate: int = 16000) -> bytes:
@@ -146,7 +172,9 @@ class OpenAITeacher(Teacher):
     The clip's mp4 goes as a `video_url` content part and its decoded 16 kHz audio as an `audio_url` WAV part,
     both as base64 data URLs (the multimodal content parts vLLM's OpenAI server accepts), then the text. Requests
     run `max_in_flight` at a time; 429, 5xx, timeouts and connection errors are retried with exponential backoff
-    and jitter; other 4xx fail at once with the server's message.
+    and jitter. A clip is refused for good (recorded with the status and the server's message, and the run goes
+    on) on any other 4xx at once, on a malformed answer, or when its retries are exhausted while the endpoint
+    still answers; an endpoint that no longer answers at all stops the run.
 
     Args:
         base_url: the API root, e.g. http://gpu-box:8000/v1.
@@ -191,6 +219,9 @@ class OpenAITeacher(Teacher):
     def setup(self, collator) -> None:
         super().setup(collator)
         self.name = f"openai:{self.model}"
+        self._check_reachable()
+
+    def _check_reachable(self) -> None:
         request = urllib.request.Request(f"{self.base_url}/models", headers=self._headers())
         try:
             with urllib.request.urlopen(request, timeout=min(self.timeout, 10.0)):
@@ -226,16 +257,16 @@ class OpenAITeacher(Teacher):
                 try:
                     return json.loads(raw)
                 except json.JSONDecodeError as exc:
-                    raise TeacherError(f"clip {clip_id}: malformed JSON from the endpoint: {raw[:200]!r}") from exc
+                    raise ClipRefused(clip_id, f"malformed JSON from the endpoint: {raw[:200]!r}") from exc
             except urllib.error.HTTPError as exc:
-                message = exc.read()[:300].decode("utf-8", "replace")
+                problem = f"HTTP {exc.code}: {error_message(exc.read())}"
                 if exc.code != 429 and exc.code < 500:
-                    raise TeacherError(f"clip {clip_id}: endpoint answered {exc.code}: {message}") from exc
-                problem = f"HTTP {exc.code}: {message}"
+                    raise ClipRefused(clip_id, problem) from exc
             except (urllib.error.URLError, TimeoutError, OSError) as exc:
                 problem = f"{type(exc).__name__}: {exc}"
             if attempt == self.max_retries:
-                raise TeacherError(f"clip {clip_id}: giving up after {self.max_retries} retries; last error {problem}")
+                self._check_reachable()  # a dead endpoint stops the run instead of failing every clip after it
+                raise ClipRefused(clip_id, f"giving up after {self.max_retries} retries; last error {problem}")
             delay = min(self.backoff * 2**attempt, 30.0) * (0.5 + random.random())
             log.warning("clip %s: %s; retrying in %.1f s", clip_id, problem, delay)
             time.sleep(delay)
@@ -254,13 +285,17 @@ class OpenAITeacher(Teacher):
         try:
             return [choice["message"]["content"] or "" for choice in answer["choices"]]
         except (KeyError, TypeError) as exc:
-            raise TeacherError(f"clip {clip.item['id']}: unexpected response shape: {str(answer)[:200]}") from exc
+            raise ClipRefused(clip.item["id"], f"unexpected response shape: {str(answer)[:200]}") from exc
 
-    def complete(self, clips: list[Clip], num_samples: int) -> Iterator[tuple[int, list[str]]]:
+    def complete(self, clips: list[Clip], num_samples: int) -> Iterator[tuple[int, list[str] | ClipRefused]]:
         pool = ThreadPoolExecutor(self.max_in_flight)
         futures = {pool.submit(self._complete_one, c, num_samples): i for i, c in enumerate(clips)}
         try:
             for future in as_completed(futures):
-                yield futures[future], future.result()
+                try:
+                    result = future.result()
+                except ClipRefused as exc:
+                    result = exc
+                yield futures[future], result
         finally:
             pool.shutdown(wait=True, cancel_futures=True)
