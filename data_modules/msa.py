@@ -156,8 +156,17 @@ def read_targets(path: Path) -> dict[str, str]:
     return targets
 
 
+MEDIA_CACHE_FORMAT = 2
+"""What a cache entry holds; part of the key, so entries of an older format are never read (bump it when it
+changes). 2: frame_spacing added."""
+
+
 class MediaCache:
-    """Decoded clips as .npz files keyed by file identity and decode options, written atomically."""
+    """Decoded clips as .npz files keyed by file identity, decode options and MEDIA_CACHE_FORMAT, written atomically.
+
+    An entry holds `frames` and `frame_spacing` (seconds between frames, a 0-d array) when video is decoded, and
+    `audio` when audio is.
+    """
 
     def __init__(self, directory: Path | None, options: MediaOptions):
         self.directory = directory
@@ -167,7 +176,8 @@ class MediaCache:
         if self.directory is None:
             return None
         stat = media.stat()
-        key = json.dumps([str(media), stat.st_size, stat.st_mtime_ns, self.options.__dict__], sort_keys=True)
+        identity = [MEDIA_CACHE_FORMAT, str(media), stat.st_size, stat.st_mtime_ns, self.options.__dict__]
+        key = json.dumps(identity, sort_keys=True)
         digest = hashlib.sha1(key.encode()).hexdigest()
         return self.directory / digest[:2] / f"{digest}.npz"
 
@@ -190,6 +200,7 @@ class MediaCache:
         media = {}
         if clip.frames is not None:
             media["frames"] = clip.frames
+            media["frame_spacing"] = np.float64(clip.frame_spacing)
         if clip.audio is not None:
             media["audio"] = clip.audio[: int(o.max_audio_seconds * SAMPLE_RATE)]
         if path is not None:
@@ -245,7 +256,6 @@ class MSACollator:
         scale: Scale,
         modalities: tuple[str, ...],
         use_audio_in_video: bool,
-        fps: float,
         min_pixels: int,
         max_pixels: int,
         system_prompt: str | None,
@@ -255,8 +265,7 @@ class MSACollator:
         self.scale = scale
         self.modalities = modalities
         self.use_audio_in_video = use_audio_in_video
-        self.videos_kwargs = {
-            "fps": fps,
+        self.video_options = {
             "do_sample_frames": False,
             "cap_pixels_per_frame": True,
             "size": {"shortest_edge": min_pixels, "longest_edge": max_pixels},
@@ -267,6 +276,11 @@ class MSACollator:
         tok = processor.tokenizer
         self.im_start_id = tok.convert_tokens_to_ids("<|im_start|>")
         self.assistant_header_len = len(tok("<|im_start|>assistant\n")["input_ids"])
+
+    def videos_kwargs(self, item: dict[str, Any]) -> dict[str, Any]:
+        """The processor's video options for one clip. `fps` is the clip's own sampling rate, 1 / its frame spacing,
+        so the processor's video_second_per_grid (temporal_patch_size / fps) is the time a temporal patch spans."""
+        return {**self.video_options, "fps": 1.0 / float(item["frame_spacing"])}
 
     def conversation(self, item: dict[str, Any]) -> list[dict]:
         content: list[dict] = []
@@ -297,21 +311,18 @@ class MSACollator:
             texts = [t + it["target"] + "<|im_end|>" for t, it in zip(texts, items, strict=True)]
         elif assistant_prefixes is not None:
             texts = [t + p for t, p in zip(texts, assistant_prefixes, strict=True)]
-        kwargs: dict[str, Any] = {"text": texts, "padding": True, "return_tensors": "pt"}
-        if "video" in self.modalities:
-            kwargs["videos"] = [it["frames"] for it in items]
-            kwargs["videos_kwargs"] = self.videos_kwargs
-        if "audio" in self.modalities:
-            audios = [it["audio"] for it in items]
-            kwargs["audio"] = audios
+        audio_kwargs = None
+        if "audio" in self.modalities:  # every clip's features padded to the batch's longest, so they stack
             hop = self.processor.feature_extractor.hop_length
-            kwargs["audio_kwargs"] = {"max_length": hop * -(-max(a.size for a in audios) // hop), "truncation": True}
-            if self.use_audio_in_video:
-                kwargs["load_audio_from_video"] = True
-                kwargs["audio_from_video_indices"] = list(range(len(items)))
-        inputs = dict(self.processor(**kwargs))
-        if "video_second_per_grid" in inputs:
-            inputs["video_second_per_grid"] = torch.as_tensor(inputs["video_second_per_grid"], dtype=torch.float32)
+            longest = max(it["audio"].size for it in items)
+            audio_kwargs = {"max_length": hop * -(-longest // hop), "truncation": True}
+        # One processor call per clip: the processor gives every video of a call the same time per temporal patch
+        # (video_second_per_grid = temporal_patch_size / fps; with use_audio_in_video the audio/video interleaving
+        # follows it too) and each clip has its own frame spacing. The calls' outputs are padded and stacked here.
+        parts = [
+            self.processor(**self.processor_kwargs(t, it, audio_kwargs)) for t, it in zip(texts, items, strict=True)
+        ]
+        inputs = self.stack(parts)
         if with_targets:
             inputs["labels"] = self.assistant_labels(inputs["input_ids"], inputs["attention_mask"])
         if self.use_audio_in_video and "audio" in self.modalities:
@@ -322,6 +333,28 @@ class MSACollator:
             meta["scale"] = [it["scale"] for it in items]
             meta["label"] = torch.tensor([it["label"] for it in items], dtype=torch.float32)
         return {"inputs": inputs, "meta": meta}
+
+    def processor_kwargs(self, text: str, item: dict[str, Any], audio_kwargs: dict | None) -> dict[str, Any]:
+        """The processor call of one clip's rendered text."""
+        kwargs: dict[str, Any] = {"text": [text], "return_tensors": "pt"}
+        if "video" in self.modalities:
+            kwargs["videos"] = [item["frames"]]
+            kwargs["videos_kwargs"] = self.videos_kwargs(item)
+        if audio_kwargs is not None:
+            kwargs["audio"] = [item["audio"]]
+            kwargs["audio_kwargs"] = audio_kwargs
+            if self.use_audio_in_video:
+                kwargs["load_audio_from_video"] = True
+                kwargs["audio_from_video_indices"] = [0]
+        return kwargs
+
+    def stack(self, parts: list) -> dict[str, Any]:
+        """One batch of per-clip processor outputs: token ids left-padded by the tokenizer, the media tensors (one
+        row or one block of patches per clip, audio features already of equal length) concatenated in order."""
+        tokens = {key: [p[key][0].tolist() for p in parts] for key in ("input_ids", "attention_mask")}
+        inputs = dict(self.processor.tokenizer.pad(tokens, return_tensors="pt"))
+        inputs.update({key: torch.cat([p[key] for p in parts]) for key in parts[0] if key not in inputs})
+        return inputs
 
     def assistant_labels(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """input_ids with everything before the last assistant header (and padding) set to -100."""
@@ -389,7 +422,9 @@ class MSADataModule(L.LightningDataModule):
             ["text", "video"], ...). The task instruction is always there.
         use_audio_in_video: interleave the audio track with the video tokens in 2 s chunks (Qwen2.5-Omni's TMRoPE
             mode) instead of giving it as a separate audio item. Needs both audio and video.
-        fps: video frames sampled per second.
+        fps: video frames sampled per second. A clip longer than max_frames / fps is sampled more sparsely, one
+            shorter than min_frames / fps more densely; either way the model's video time positions (TMRoPE) use the
+            clip's real frame spacing (duration / frames), not 1 / fps.
         min_frames: fewest frames sampled from a clip.
         max_frames: most frames sampled from a clip (longer clips are sampled more sparsely).
         min_pixels: lower bound on pixels per frame after the processor's resize (multiples of 28x28).
@@ -526,8 +561,8 @@ class MSADataModule(L.LightningDataModule):
             processor = load_processor(h.processor_path)
             prompt_scale = SCALES[h.prompt_scale] if h.prompt_scale else self.scale
             self.collator = MSACollator(
-                processor, prompt_scale, tuple(h.modalities), h.use_audio_in_video, h.fps, h.min_pixels,
-                h.max_pixels, h.system_prompt, h.output_format,
+                processor, prompt_scale, tuple(h.modalities), h.use_audio_in_video, h.min_pixels, h.max_pixels,
+                h.system_prompt, h.output_format,
             )  # fmt: skip
         return self.collator
 

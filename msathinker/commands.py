@@ -23,8 +23,8 @@ def tiny_checkpoint(
             "medium" (text hidden 1024, 8 layers, small towers; the 4-bit memory benchmark).
         tokenizer: "small" (byte-level BPE trained on the demo corpus) or "qwen" (the real Qwen2 vocabulary with
             the Qwen2.5-Omni special-token ids).
-        layout: "thinker" (a thinker-only checkpoint) or "full" (Qwen2_5OmniForConditionalGeneration layout
-            without talker).
+        layout: "thinker" (a thinker-only checkpoint) or "full" (the Qwen2_5OmniForConditionalGeneration layout of
+            the released checkpoints: thinker, tiny talker and token2wav).
         seed: seed of the random weights.
     """
     from msathinker.tiny import write_tiny_checkpoint

@@ -2,7 +2,9 @@
 
 Frames are sampled like qwen-omni-utils does (an even number of frames at `fps`, uniformly spaced, at least
 `min_frames`, at most `max_frames`) and downscaled to at most `max_pixels` with swscale, so the media cache holds
-what the processor needs and no more. Audio is resampled to 16 kHz mono float32 and trimmed to the stream's
+what the processor needs and no more. A clip longer than max_frames / fps is sampled more sparsely and one shorter
+than min_frames / fps more densely, so each clip carries its real frame spacing (duration / frames, qwen-omni-utils'
+rule) for the TMRoPE time positions. Audio is resampled to 16 kHz mono float32 and trimmed to the stream's
 duration (AAC priming/padding adds ~20 ms otherwise).
 """
 
@@ -24,15 +26,17 @@ class MediaError(Exception):
 @dataclass
 class DecodedClip:
     frames: np.ndarray | None
-    """(T, H, W, 3) uint8 frames sampled at `fps`, or None when video is not needed."""
+    """(T, H, W, 3) uint8 frames spread uniformly over the clip, or None when video is not needed."""
     audio: np.ndarray | None
     """(N,) float32 mono waveform at 16 kHz, or None when audio is not needed."""
-    fps: float
+    frame_spacing: float | None
+    """Seconds between sampled frames: the video stream's duration / T (1 / fps only when the clip's length is
+    between min_frames / fps and max_frames / fps), or None when video is not needed."""
 
 
 def _frame_count(duration: float, fps: float, min_frames: int, max_frames: int, available: int) -> int:
     n = min(max(round(duration * fps), min_frames), max_frames, available)
-    return max(2, n - n % 2) if available >= 2 else available
+    return max(2, n - n % 2)
 
 
 def _target_size(width: int, height: int, max_pixels: int) -> tuple[int, int]:
@@ -68,7 +72,9 @@ def decode_clip(
         if audio and not container.streams.audio:
             raise MediaError(f"{path}: no audio track")
         try:
-            frames = _decode_frames(container, fps, min_frames, max_frames, max_pixels) if video else None
+            frames, frame_spacing = (
+                _decode_frames(path, container, fps, min_frames, max_frames, max_pixels) if video else (None, None)
+            )
             if audio:
                 container.seek(0)
                 waveform = _decode_audio(container)
@@ -80,7 +86,7 @@ def decode_clip(
         raise MediaError(f"{path}: no decodable video frame")
     if waveform is not None and waveform.size == 0:
         raise MediaError(f"{path}: audio track has no decodable sample")
-    return DecodedClip(frames=frames, audio=waveform, fps=fps)
+    return DecodedClip(frames=frames, audio=waveform, frame_spacing=frame_spacing)
 
 
 def _decodable(container, stream):
@@ -94,8 +100,11 @@ def _decodable(container, stream):
             continue
 
 
-def _decode_frames(container, fps: float, min_frames: int, max_frames: int, max_pixels: int) -> np.ndarray:
-    """Stream-decode and keep only the sampled frames, so long videos never sit in memory whole."""
+def _decode_frames(
+    path: Path, container, fps: float, min_frames: int, max_frames: int, max_pixels: int
+) -> tuple[np.ndarray, float]:
+    """The sampled frames and the seconds between them. Stream-decodes and keeps only the sampled frames, so long
+    videos never sit in memory whole."""
     stream = container.streams.video[0]
     stream.thread_type = "AUTO"
     rate = float(stream.average_rate) if stream.average_rate else fps
@@ -103,7 +112,13 @@ def _decode_frames(container, fps: float, min_frames: int, max_frames: int, max_
         duration = float(stream.duration * stream.time_base)
     else:
         duration = (container.duration or 0) / 1e6
-    available = stream.frames or max(1, round(duration * rate))
+    available = stream.frames or round(duration * rate)
+    if available < 2 or duration <= 0:
+        raise MediaError(
+            f"{path}: the video stream holds {available} frame(s) over {duration:.3f} s, too short to give a time "
+            "between frames (the model's video time positions need at least 2 frames and a positive duration); "
+            "re-encode the clip or leave it out"
+        )
     n = _frame_count(duration, fps, min_frames, max_frames, available)
     targets = np.linspace(0.0, max(duration - 1 / rate, 0.0), n)
     picked: list[np.ndarray] = []
@@ -118,10 +133,10 @@ def _decode_frames(container, fps: float, min_frames: int, max_frames: int, max_
         if len(picked) == n:
             break
     if last is None:
-        return np.zeros((0, 0, 0, 3), np.uint8)
+        return np.zeros((0, 0, 0, 3), np.uint8), 0.0
     while len(picked) < n:  # the stream ended before its declared duration: repeat the last frame
         picked.append(last.reformat(width=size[0], height=size[1], format="rgb24").to_ndarray())
-    return np.stack(picked)
+    return np.stack(picked), duration / n
 
 
 def _decode_audio(container) -> np.ndarray:

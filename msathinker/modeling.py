@@ -2,11 +2,14 @@
 
 Accepts a full omni checkpoint (thinker + talker + token2wav; only the thinker is built, and only its weights are
 read) or a thinker-only checkpoint, from a local path, a hub id or a tiny alias ("tiny", "tiny-small",
-"tiny-qwen"; see msathinker.assets). The tiny checkpoints load through exactly this code.
+"tiny-qwen"; see msathinker.assets). The tiny checkpoints load through exactly this code. A checkpoint whose
+thinker weights do not fit the model (a renamed, missing or extra key, a wrong shape, a missing shard file) is a
+CheckpointError, never a model with randomly initialised weights.
 """
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Literal
 
@@ -19,6 +22,51 @@ _MODEL_CLASSES = {
     "qwen3_omni_moe": ("Qwen3OmniMoeThinkerForConditionalGeneration", True),
     "qwen3_omni_moe_thinker": ("Qwen3OmniMoeThinkerForConditionalGeneration", False),
 }
+
+
+class CheckpointError(ValueError):
+    """A checkpoint whose weights do not fit the model; the message names the checkpoint and the keys or file."""
+
+
+def _first(keys, count: int = 5) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:count]) + (f", ... ({len(keys)} in all)" if len(keys) > count else "")
+
+
+def loading_problems(info: dict) -> list[str]:
+    """The problems in from_pretrained's loading info (output_loading_info=True), one line per kind, each naming the
+    first keys. Keys are the model's names (after transformers' key conversion). The thinker classes already leave
+    the talker's and token2wav's / code2wav's keys of a full checkpoint out of unexpected_keys."""
+    problems = []
+    if info["missing_keys"]:
+        problems.append(f"weights missing from the checkpoint (they would be random): {_first(info['missing_keys'])}")
+    if info["unexpected_keys"]:
+        problems.append(f"checkpoint weights the model has no place for: {_first(info['unexpected_keys'])}")
+    if info["mismatched_keys"]:
+        shapes = [f"{key} {tuple(saved)} vs {tuple(model)}" for key, saved, model in info["mismatched_keys"]]
+        problems.append(f"weights of another shape (checkpoint vs model): {_first(shapes)}")
+    if info["error_msgs"]:
+        problems.append(f"load errors: {_first(info['error_msgs'])}")
+    return problems
+
+
+def _check_shards(path: str) -> None:
+    """A local sharded checkpoint whose index lists a shard file that is not there: name the file and its keys
+    (transformers stops midway through loading with only the file name)."""
+    from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_INDEX_NAME
+
+    for name in (SAFE_WEIGHTS_INDEX_NAME, WEIGHTS_INDEX_NAME):
+        index = Path(path).expanduser() / name
+        if not index.is_file():
+            continue
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+        missing = sorted({file for file in weight_map.values() if not (index.parent / file).is_file()})
+        if missing:
+            keys = [key for key, file in weight_map.items() if file in missing]
+            raise CheckpointError(
+                f"{path}: shard file(s) {', '.join(missing)} listed in {name} are missing; they hold the weights "
+                f"{_first(keys)}. Copy or download the missing shard(s) into the checkpoint directory"
+            )
 
 
 def _check_local(path: str) -> None:
@@ -91,5 +139,16 @@ def load_thinker(
     if is_full:  # load the thinker's weights only: talker and token2wav are never read
         kwargs["config"] = config.thinker_config
         kwargs["key_mapping"] = {r"^thinker\.": ""}
-    model = getattr(transformers, class_name).from_pretrained(path, **kwargs)
+    _check_shards(path)
+    # ignore_mismatched_sizes: a wrong shape lands in the loading info (checked below, with its key) instead of
+    # transformers' RuntimeError, which names no key
+    model, info = getattr(transformers, class_name).from_pretrained(
+        path, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+    )
+    problems = loading_problems(info)
+    if problems:
+        raise CheckpointError(
+            f"{path}: the checkpoint does not fit {class_name}: " + "; ".join(problems) + ". Use a complete, "
+            "unmodified checkpoint of this model (a partly loaded one would train and answer from random weights)"
+        )
     return model, load_processor(path)

@@ -234,6 +234,49 @@ def build_thinker_config(tokenizer, preset: Preset = "tiny", vocab_size: int | N
     )
 
 
+def build_full_config(thinker_config):
+    """A Qwen2_5OmniConfig around `thinker_config` with a tiny talker and token2wav (DiT + BigVGAN) of real classes.
+
+    They are never run here: they make a "full" checkpoint hold `talker.*` and `token2wav.*` weights beside
+    `thinker.*`, as the released Qwen2.5-Omni checkpoints do, at about 1.1M parameters together. The talker reads the
+    thinker's hidden states (embedding_size) and token ids; its codec vocabulary keeps the released size (8448).
+    """
+    from transformers import Qwen2_5OmniConfig
+
+    text = thinker_config.text_config
+    ids = {
+        name: getattr(thinker_config, name)
+        for name in ("audio_token_index", "image_token_index", "video_token_index", "audio_start_token_id",
+                     "audio_end_token_id", "vision_start_token_id", "vision_end_token_id")
+    }  # fmt: skip
+    talker = {
+        **ids,
+        "embedding_size": text.hidden_size,
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 2,
+        "num_key_value_heads": 1,
+        "head_dim": 16,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [2, 3, 3]},
+        # the last rows of the thinker's vocabulary stand in for the released <tts_pad>/<tts_text_bos>/<tts_text_eod>
+        "tts_text_pad_token_id": text.vocab_size - 3,
+        "tts_text_start_token_id": text.vocab_size - 2,
+        "tts_text_end_token_id": text.vocab_size - 1,
+    }
+    token2wav = {
+        "dit_config": {
+            "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "head_dim": 16, "emb_dim": 16,
+            "look_ahead_layers": [1], "look_backward_layers": [0], "enc_emb_dim": 16, "enc_dim": 16,
+            "enc_channels": [16, 16, 16, 16, 48], "enc_attention_channels": 8, "enc_se_channels": 8,
+        },
+        # the released upsampling (5*3*2*2*2*2 = 240 samples per mel frame); channels halve per stage from 64
+        "bigvgan_config": {"upsample_initial_channel": 64, "resblock_kernel_sizes": [3],
+                           "resblock_dilation_sizes": [[1, 3, 5]]},
+    }  # fmt: skip
+    return Qwen2_5OmniConfig(thinker_config=thinker_config.to_dict(), talker_config=talker, token2wav_config=token2wav)
+
+
 def write_tiny_checkpoint(
     out_dir: str | Path,
     preset: Preset = "tiny",
@@ -244,13 +287,12 @@ def write_tiny_checkpoint(
     """Write a random-init Qwen2.5-Omni checkpoint to `out_dir` and return the path.
 
     layout "thinker" writes a Qwen2_5OmniThinkerForConditionalGeneration checkpoint; "full" writes a
-    Qwen2_5OmniForConditionalGeneration one (model_type qwen2_5_omni, weights under `thinker.`) without talker, as a
-    stand-in for the released full checkpoints that `load_thinker` must also accept.
+    Qwen2_5OmniForConditionalGeneration one (model_type qwen2_5_omni; `thinker.*`, `talker.*` and `token2wav.*`
+    weights, see build_full_config), the layout of the released checkpoints that `load_thinker` must also accept.
     """
     import torch
     from transformers import (
         GenerationConfig,
-        Qwen2_5OmniConfig,
         Qwen2_5OmniForConditionalGeneration,
         Qwen2_5OmniThinkerForConditionalGeneration,
     )
@@ -265,14 +307,17 @@ def write_tiny_checkpoint(
     if layout == "thinker":
         model = Qwen2_5OmniThinkerForConditionalGeneration(config)
     elif layout == "full":
-        full_config = Qwen2_5OmniConfig(thinker_config=config.to_dict(), enable_audio_output=False)
-        model = Qwen2_5OmniForConditionalGeneration(full_config)
+        model = Qwen2_5OmniForConditionalGeneration(build_full_config(config))
     else:
         raise ValueError(f"unknown layout {layout!r}; choose 'thinker' or 'full'")
     model.generation_config = GenerationConfig(
         eos_token_id=[tok.eos_token_id, tok.pad_token_id], pad_token_id=tok.pad_token_id
     )
     model.save_pretrained(out)
+    if layout == "full":  # the speaker file of the released checkpoints (Qwen2_5OmniForConditionalGeneration reads it)
+        dit, talker = model.config.token2wav_config.dit_config, model.config.talker_config
+        speaker = {"cond": torch.randn(1, dit.enc_emb_dim), "ref_mel": torch.randn(1, 30, dit.mel_dim)}
+        torch.save({"Chelsie": {**speaker, "bos_token": talker.tts_text_start_token_id}}, out / "spk_dict.pt")
     build_processor(tok).save_pretrained(out)
     (out / "msathinker_tiny.json").write_text(
         json.dumps({"preset": preset, "tokenizer": tokenizer, "layout": layout, "seed": seed}, indent=2)

@@ -27,7 +27,8 @@ CANNED = (
 
 
 class TinyModelResponder:
-    """Answers with the tiny checkpoint: decodes the base64 mp4 and WAV parts and generates from them."""
+    """Answers with the tiny checkpoint: decodes the base64 mp4 and WAV parts and generates from them. One video per
+    request (what OpenAITeacher sends): the processor gives every video of a call the same fps."""
 
     def __init__(self, model_path: str, max_new_tokens: int = 16):
         from msathinker.modeling import load_thinker
@@ -40,13 +41,16 @@ class TinyModelResponder:
         from msathinker.media import decode_clip
 
         content, videos, audios = [], [], []
+        videos_kwargs = {"do_sample_frames": False}
         for part in body["messages"][-1]["content"]:
             if part["type"] == "video_url":
                 data = base64.b64decode(part["video_url"]["url"].split(",", 1)[1])
                 with tempfile.NamedTemporaryFile(suffix=".mp4") as f:
                     f.write(data)
                     f.flush()
-                    videos.append(decode_clip(f.name, audio=False).frames)
+                    clip = decode_clip(f.name, audio=False)
+                videos.append(clip.frames)
+                videos_kwargs["fps"] = 1 / clip.frame_spacing  # the clip's own rate, as MSACollator.videos_kwargs
                 content.append({"type": "video", "video": "clip"})
             elif part["type"] == "audio_url":
                 with wave.open(io.BytesIO(base64.b64decode(part["audio_url"]["url"].split(",", 1)[1]))) as w:
@@ -61,7 +65,7 @@ class TinyModelResponder:
         audio_kwargs = {"max_length": max(len(a) for a in audios)} if audios else {}
         inputs = self.processor(
             text=[text], videos=videos or None, audio=audios or None, return_tensors="pt",
-            videos_kwargs={"fps": 2.0, "do_sample_frames": False}, audio_kwargs=audio_kwargs,
+            videos_kwargs=videos_kwargs, audio_kwargs=audio_kwargs,
         )  # fmt: skip
         with self.lock:
             out = self.model.generate(**inputs, max_new_tokens=self.max_new_tokens, do_sample=False)

@@ -8,6 +8,7 @@ import logging
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -15,6 +16,7 @@ from data_modules import DataError, MSADataModule
 from data_modules.msa import read_label_table
 from msathinker.demo_data import LABEL_COLUMNS, write_mp4
 from msathinker.media import decode_clip
+from msathinker.modeling import load_thinker
 from msathinker.scales import SCALES
 
 
@@ -54,13 +56,52 @@ def test_batch_matches_stock_processor(tiny_model, media_cache):
             text=dm.collator.prompts([item]),
             videos=[item["frames"]],
             audio=[item["audio"]],
-            videos_kwargs=dm.collator.videos_kwargs,
+            videos_kwargs=dm.collator.videos_kwargs(item),
             return_tensors="pt",
         )
         for token in ("<|AUDIO|>", "<|VIDEO|>"):
             token_id = tok.convert_tokens_to_ids(token)
             assert count(inputs["input_ids"][row], token_id) == count(alone["input_ids"][0], token_id) > 0
         assert torch.equal(inputs["video_grid_thw"][row], alone["video_grid_thw"][0])
+        assert inputs["video_second_per_grid"][row] == alone["video_second_per_grid"][0]
+
+
+def test_video_time_is_each_clips_real_frame_spacing(tiny_model, media_cache, tmp_path):
+    """A 40 s clip (16 frames: 2.5 s apart, not 1 / fps) and a 1 s clip (min_frames 4: 0.25 s apart) in one batch:
+    each gets video_second_per_grid = its frame spacing x temporal_patch_size, also with use_audio_in_video."""
+    root = tmp_path / "data"
+    rows = []
+    for clip, seconds in (("long", 40), ("short", 1)):
+        (root / "Raw" / "v").mkdir(parents=True, exist_ok=True)
+        frames = np.full((10 * seconds, 32, 32, 3), 90, np.uint8)
+        write_mp4(root / "Raw" / "v" / f"{clip}.mp4", frames, 10, np.zeros(16000 * seconds, np.float32), 16000)
+        rows.append({"video_id": "v", "clip_id": clip, "text": "fine", "label": "0.5", "mode": "test"})
+    write_table(root, rows)
+    for use_audio_in_video in (False, True):
+        dm = make_dm(
+            tiny_model, media_cache, dataset="mosi", data_root=str(root), batch_size=2, fps=2.0, min_frames=4,
+            max_frames=16, use_audio_in_video=use_audio_in_video,
+        )  # fmt: skip
+        inputs = first_batch(dm, "test", "test_dataloader")["inputs"]
+        patch = dm.collator.processor.video_processor.temporal_patch_size
+        assert inputs["video_grid_thw"][:, 0].tolist() == [16 // patch, 4 // patch]
+        assert inputs["video_second_per_grid"].tolist() == pytest.approx([2.5 * patch, 0.25 * patch])
+    model, _ = load_thinker(tiny_model)
+    with torch.no_grad():  # the interleaved placeholders agree with the positions the model computes
+        assert torch.isfinite(model(**inputs).logits).all()
+
+
+def test_media_cache_holds_the_frame_spacing_and_its_format_is_in_the_key(tiny_model, media_cache, monkeypatch):
+    import data_modules.msa as msa
+
+    dm = make_dm(tiny_model, media_cache, max_clips=1)
+    dm.setup("validate")
+    (entry,) = Path(media_cache).rglob("*.npz")
+    with np.load(entry) as cached:
+        assert float(cached["frame_spacing"]) == decode_clip(dm.datasets["valid"].records[0].path).frame_spacing
+    monkeypatch.setattr(msa, "MEDIA_CACHE_FORMAT", msa.MEDIA_CACHE_FORMAT + 1)
+    make_dm(tiny_model, media_cache, max_clips=1).setup("validate")
+    assert len(list(Path(media_cache).rglob("*.npz"))) == 2  # an entry of another format is never read
 
 
 def test_targets_mask_everything_but_the_assistant_turn(tiny_model, media_cache, tmp_path, demo_mosi):
@@ -126,8 +167,6 @@ def test_modalities(tiny_model, media_cache, modalities, has_video, has_audio, h
 
 
 def test_use_audio_in_video_interleaves_and_runs(tiny_model, media_cache):
-    from msathinker.modeling import load_thinker
-
     dm = make_dm(tiny_model, media_cache, use_audio_in_video=True)
     inputs = first_batch(dm, "validate", "val_dataloader")["inputs"]
     tok = dm.collator.processor.tokenizer
@@ -203,6 +242,13 @@ def no_frame(root, rows):
     return "no decodable video frame"
 
 
+def single_frame(root, rows):
+    """A video stream of one frame: no time between frames can be derived."""
+    clip = decode_clip(clip_path(root, rows[1]))
+    write_mp4(clip_path(root, rows[1]), clip.frames[:1], 10, clip.audio, 16000)
+    return "too short to give a time between frames"
+
+
 def corrupt(root, rows):
     clip_path(root, rows[1]).write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(range(256)) * 40)
     return "cannot open as a media file"
@@ -230,7 +276,7 @@ def escaping_id(root, rows):
     return "outside the dataset's Raw/ directory"
 
 
-BAD_CLIPS = [missing, corrupt, no_audio, no_frame, label_out_of_scale, duplicate_id, escaping_id]
+BAD_CLIPS = [missing, corrupt, no_audio, no_frame, single_frame, label_out_of_scale, duplicate_id, escaping_id]
 
 
 @pytest.mark.parametrize("breaker", BAD_CLIPS, ids=lambda f: f.__name__)

@@ -21,9 +21,13 @@ def clip(tmp_path):
 def test_sampling_resampling_and_downscale(clip):
     media = decode_clip(clip, fps=2.0, max_frames=16, max_pixels=48 * 64)
     assert media.frames.shape == (6, 48, 64, 3) and media.frames.dtype == np.uint8
+    assert media.frame_spacing == pytest.approx(0.5)
     assert media.audio.shape == (48000,) and media.audio.dtype == np.float32
-    assert decode_clip(clip, fps=2.0, max_frames=4).frames.shape[0] == 4
-    assert decode_clip(clip, video=False).frames is None
+    sparse = decode_clip(clip, fps=2.0, max_frames=4)  # 3 s over 4 frames: 0.75 s apart, not 1 / fps
+    assert sparse.frames.shape[0] == 4 and sparse.frame_spacing == pytest.approx(0.75)
+    dense = decode_clip(clip, fps=0.5, min_frames=4)  # 3 s over 4 frames, although 0.5 fps asks for 2 s apart
+    assert dense.frames.shape[0] == 4 and dense.frame_spacing == pytest.approx(0.75)
+    assert decode_clip(clip, video=False).frames is None and decode_clip(clip, video=False).frame_spacing is None
 
 
 def test_errors(tmp_path, clip):
@@ -38,3 +42,7 @@ def test_errors(tmp_path, clip):
     with pytest.raises(MediaError, match="no audio track"):
         decode_clip(silent)
     assert decode_clip(silent, audio=False).frames.shape[0] == 4
+    still = tmp_path / "still.mp4"
+    write_mp4(still, np.zeros((1, 32, 32, 3), np.uint8), 10, None, 16000)
+    with pytest.raises(MediaError, match=r"still\.mp4: the video stream holds 1 frame\(s\) over 0\.100 s, too short"):
+        decode_clip(still, audio=False)

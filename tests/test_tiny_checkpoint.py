@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import shutil
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -42,20 +46,92 @@ def test_qwen_vocabulary_has_the_real_ids(tmp_path):
     assert tok.audio_token == "<|AUDIO|>" and tok.vision_bos_token == "<|vision_bos|>"
 
 
-def test_full_layout_loads_the_thinker_only(tmp_path, tiny_model):
-    from transformers import Qwen2_5OmniThinkerForConditionalGeneration
+def test_full_layout_loads_the_thinker_only(tmp_path):
+    """The released layout: thinker, talker and token2wav weights (and the speaker file) in one checkpoint. The
+    thinker loads alone with every tensor equal to what was saved, also in 4 bit."""
+    from bitsandbytes.nn import Linear4bit
+    from safetensors.torch import load_file
+    from transformers import Qwen2_5OmniForConditionalGeneration, Qwen2_5OmniThinkerForConditionalGeneration
 
     from msathinker.modeling import load_thinker
     from msathinker.tiny import write_tiny_checkpoint
 
     full = write_tiny_checkpoint(tmp_path / "full", layout="full", seed=3)
+    saved = load_file(full / "model.safetensors")
+    assert {key.split(".")[0] for key in saved} == {"thinker", "talker", "token2wav"}
+    assert Qwen2_5OmniForConditionalGeneration.from_pretrained(full).has_talker  # a real full checkpoint
     thinker, processor = load_thinker(str(full))
     assert isinstance(thinker, Qwen2_5OmniThinkerForConditionalGeneration)
     assert processor.tokenizer.padding_side == "left"
-    reference = write_tiny_checkpoint(tmp_path / "thinker", seed=3)
-    expected, _ = load_thinker(str(reference))
-    for (name, p), (_, q) in zip(thinker.state_dict().items(), expected.state_dict().items(), strict=True):
-        assert torch.equal(p, q), name
+    thinker.save_pretrained(tmp_path / "thinker")  # saved back under the checkpoint's names (thinker.*)
+    loaded = load_file(tmp_path / "thinker" / "model.safetensors")
+    expected = {key: value for key, value in saved.items() if key.startswith("thinker.")}
+    assert loaded.keys() == expected.keys()
+    for key, value in expected.items():
+        assert torch.equal(loaded[key], value), key
+    quantized, _ = load_thinker(str(full), quantization="nf4")
+    assert isinstance(quantized.model.language_model.layers[0].mlp.up_proj, Linear4bit)
+
+
+def _edit_weights(checkpoint: Path, edit) -> None:
+    from safetensors.torch import load_file, save_file
+
+    weights = load_file(checkpoint / "model.safetensors")
+    edit(weights)
+    save_file(weights, checkpoint / "model.safetensors", metadata={"format": "pt"})
+
+
+def _rename(weights):
+    weights["model.layers.0.mlp.up_projection.weight"] = weights.pop("model.layers.0.mlp.up_proj.weight")
+
+
+def _add(weights):
+    weights["model.extra_head.weight"] = torch.zeros(3)
+
+
+def _reshape(weights):
+    weights["model.layers.0.mlp.up_proj.weight"] = weights["model.layers.0.mlp.up_proj.weight"][:-1]
+
+
+LAYER_0_UP = "model.language_model.layers.0.mlp.up_proj.weight"
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (_rename, [f"weights missing from the checkpoint (they would be random): {LAYER_0_UP}",
+                   "the model has no place for: model.language_model.layers.0.mlp.up_projection.weight"]),
+        (_add, ["checkpoint weights the model has no place for: model.language_model.extra_head.weight"]),
+        (_reshape, [f"weights of another shape (checkpoint vs model): {LAYER_0_UP} (127, 64) vs (128, 64)"]),
+    ],
+    ids=["renamed", "unexpected", "wrong_shape"],
+)  # fmt: skip
+def test_weights_that_do_not_fit_are_an_error_naming_the_keys(tmp_path, tiny_model, edit, expected):
+    from msathinker.modeling import CheckpointError, load_thinker
+
+    checkpoint = Path(shutil.copytree(tiny_model, tmp_path / "ckpt"))
+    _edit_weights(checkpoint, edit)
+    with pytest.raises(CheckpointError) as info:
+        load_thinker(str(checkpoint))
+    message = str(info.value)
+    assert message.startswith(f"{checkpoint}: the checkpoint does not fit Qwen2_5OmniThinkerForConditionalGeneration")
+    assert all(fragment in message for fragment in expected), message
+
+
+def test_a_missing_shard_is_an_error_naming_the_file_and_its_keys(tmp_path, tiny_model):
+    from msathinker.modeling import CheckpointError, load_thinker
+
+    model, _ = load_thinker(tiny_model)
+    checkpoint = tmp_path / "sharded"
+    model.save_pretrained(checkpoint, max_shard_size="300KB")
+    weight_map = json.loads((checkpoint / "model.safetensors.index.json").read_text())["weight_map"]
+    shard = sorted(set(weight_map.values()))[-1]
+    (checkpoint / shard).unlink()
+    with pytest.raises(CheckpointError) as info:
+        load_thinker(str(checkpoint))
+    message = str(info.value)
+    assert message.startswith(f"{checkpoint}: shard file(s) {shard} listed in model.safetensors.index.json are missing")
+    assert all(key in message for key, file in weight_map.items() if file == shard)
 
 
 def test_missing_model_path_is_a_clear_error():
