@@ -112,14 +112,32 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tiny_model, 
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
 
 
-def test_four_bit_base_trains_on_cpu(tiny_model, tmp_path):
+def test_four_bit_base_keeps_the_rest_in_bf16_and_trains_with_checkpointing(tiny_model, tmp_path):
+    """QLoRA as the 1-GPU recipes run it (nf4, dtype bfloat16, bf16-mixed, gradient checkpointing): nothing
+    unquantized is upcast to fp32 (peft's prepare_model_for_kbit_training would), the LoRA weights are fp32, and a
+    step changes them."""
     import bitsandbytes as bnb
 
-    policy = PolicyOptions(model_path=tiny_model, lora=LoraOptions(r=4, alpha=8), quantization="nf4")
+    policy = PolicyOptions(model_path=tiny_model, lora=LoraOptions(r=4, alpha=8), quantization="nf4",
+                           dtype="bfloat16", gradient_checkpointing=True)  # fmt: skip
     sft = SFTModule(policy=policy, generation=GenerationOptions(max_new_tokens=4))
-    trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(sft, datamodule=datamodule(tiny_model, tmp_path))
+    sft.configure_model()
+    params = dict(sft.model.named_parameters())
+    lora = {name: p.detach().clone() for name, p in params.items() if "lora_" in name}
+    assert lora and all(p.dtype == torch.float32 for p in lora.values())
+    for part in (".audio_tower.", ".visual.", "embed_tokens", "lm_head", ".norm."):
+        dtypes = {p.dtype for name, p in params.items() if part in name}
+        assert dtypes == {torch.bfloat16}, f"{part}: {dtypes}"
     four_bit = [name for name, m in sft.model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert four_bit and all(".language_model.layers." in name for name in four_bit)  # towers, head stay full
+
+    trainer(tmp_path, max_steps=1, limit_val_batches=0, precision="bf16-mixed").fit(
+        sft, datamodule=datamodule(tiny_model, tmp_path, batch_size=2)
+    )
+    assert sft.model.is_gradient_checkpointing
+    after = dict(sft.model.named_parameters())
+    changed = [name for name, before in lora.items() if not torch.equal(after[name].detach(), before)]
+    assert any("lora_B" in name for name in changed) and all(after[name].dtype == torch.float32 for name in lora)
 
 
 def test_cross_domain_test_metric_names(tiny_model, tmp_path):
