@@ -61,7 +61,8 @@ class PolicyOptions:
     adapter_path: str | None = None
     """A saved peft adapter to start from (e.g. the SFT stage's output); trained further."""
     quantization: Literal["none", "nf4", "fp4"] = "none"
-    """4-bit base weights (QLoRA) for the language model's linear layers; needs LoRA."""
+    """4-bit base weights (QLoRA) for the language model's linear layers; needs LoRA. Everything else (towers,
+    embeddings, LM head, norms) stays in dtype; the LoRA weights are fp32."""
     dtype: str = "float32"
     """Weight dtype (float32, bfloat16, float16)."""
     freeze_audio_tower: bool = True
@@ -97,13 +98,12 @@ def build_policy(options: PolicyOptions):
         quantization=options.quantization,
         attn_implementation=options.attn_implementation,
     )
+    # A 4-bit base needs nothing more. peft's prepare_model_for_kbit_training would freeze the base (LoRA does that),
+    # upcast every unquantized weight to fp32 (towers, embeddings, LM head: +4.5 GiB at 7B; bf16-mixed autocasts the
+    # compute anyway) and enable checkpointing again without our use_reentrant=False.
     if options.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
-    if options.quantization != "none":
-        from peft import prepare_model_for_kbit_training
-
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=options.gradient_checkpointing)
     if options.lora is None:
         for name, param in model.named_parameters():
             frozen = (options.freeze_audio_tower and ".audio_tower." in name) or (

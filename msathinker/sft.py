@@ -2,21 +2,63 @@
 
 Causal-LM loss on the assistant tokens only (the DataModule masks prompt, system, media placeholders and padding
 with -100), averaged over every such token of the global batch (all ranks), so the gradient does not depend on how
-the batch is split across processes. Validation and test generate (greedy by default), parse the completions and
-report MMSA's metrics under `<stage>/<dataset>/<metric>`.
+the batch is split across processes. The LM head runs on those tokens' positions only: a 7.5k-token clip's logits at
+every position would take about 15 GiB at 7B (docs/memory.md). Validation and test generate (greedy by default),
+parse the completions and report MMSA's metrics under `<stage>/<dataset>/<metric>`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from msathinker.evaluation import GenerationOptions
 from msathinker.module import OmniPolicyModule
 from msathinker.policy import PolicyOptions
+from msathinker.rollout import thinker_of
 from msathinker.sharding import all_reduce_sum
+
+IGNORE_INDEX = -100
+"""The label of positions that carry no loss (prompt, media placeholders, padding), as in transformers."""
+
+
+def target_token_loss(
+    hidden: torch.Tensor,
+    labels: torch.Tensor,
+    lm_head: Callable[[torch.Tensor], torch.Tensor],
+    num_items_in_batch: torch.Tensor | float,
+) -> torch.Tensor:
+    """Causal-LM cross-entropy with the LM head run on the target positions only.
+
+    hidden (B, S, H) is the language model's last hidden state, labels (B, S) the input ids with IGNORE_INDEX where
+    no loss is taken. Position t predicts label t + 1:
+
+        loss = sum over (b, t) with labels[b, t + 1] != -100 of  -log softmax(lm_head(hidden[b, t]))[labels[b, t + 1]]
+               / num_items_in_batch
+
+    This is transformers' ForCausalLMLoss (transformers/loss/loss_utils.py: labels shifted by one, logits upcast to
+    fp32, F.cross_entropy with reduction "sum" divided by num_items_in_batch), which the thinker's forward computes
+    from the logits of every position; the ignored positions add exactly 0 there, so leaving them out gives the same
+    loss and gradients without the (B, S, vocab) logits.
+    """
+    shifted = labels[:, 1:]
+    targets = shifted != IGNORE_INDEX
+    logits = lm_head(hidden[:, :-1][targets]).float()
+    return F.cross_entropy(logits, shifted[targets], reduction="sum") / num_items_in_batch
+
+
+def sft_loss(model, inputs: dict[str, torch.Tensor], num_items_in_batch: torch.Tensor | float) -> torch.Tensor:
+    """target_token_loss of a collated batch (the thinker's inputs and labels) under `model` (the thinker or its
+    peft wrapper). The language model and the LM head are called directly, as GRPO does: each is an FSDP2 unit of
+    its own, and the thinker's forward would compute the logits of every position."""
+    thinker = thinker_of(model)
+    features = {name: value for name, value in inputs.items() if name != "labels"}
+    hidden = thinker.model(**features, use_cache=False).last_hidden_state
+    return target_token_loss(hidden, inputs["labels"], thinker.lm_head, num_items_in_batch)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -51,7 +93,8 @@ class SFTModule(OmniPolicyModule):
         self.save_hyperparameters(logger=False)  # the CLI logs the full resolved config instead
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss = self.model(**batch["inputs"], num_items_in_batch=self._tokens_per_rank(batch["inputs"]["labels"])).loss
+        inputs = batch["inputs"]
+        loss = sft_loss(self.model, inputs, self._tokens_per_rank(inputs["labels"]))
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"loss is {loss.item()} at global step {self.global_step} (batch {batch_idx}, clips "
@@ -64,5 +107,5 @@ class SFTModule(OmniPolicyModule):
     def _tokens_per_rank(self, labels: torch.Tensor) -> torch.Tensor:
         """The loss divisor that makes the gradient a mean over every target token of the global batch: the
         data-parallel gradient average divides by the world size again (as transformers' Trainer does)."""
-        tokens = all_reduce_sum((labels[:, 1:] != -100).sum().float())
+        tokens = all_reduce_sum((labels[:, 1:] != IGNORE_INDEX).sum().float())
         return (tokens / self.trainer.world_size).clamp(min=1.0)

@@ -62,6 +62,45 @@ def test_adapter_loads_with_plain_peft_and_reproduces_logits(tiny_model, tmp_pat
     assert not torch.allclose(ours, untrained, atol=1e-4), "training changed nothing"
 
 
+def test_target_token_loss_and_gradients_match_transformers_full_logits_loss(tiny_model, tmp_path):
+    """sft_loss (LM head on the target positions only) against the thinker's own loss from the logits of every
+    position (transformers' ForCausalLMLoss), on an audio + video batch under LoRA with a trained LM head and
+    gradient checkpointing."""
+    from msathinker.policy import build_policy
+    from msathinker.sft import sft_loss
+
+    torch.manual_seed(0)
+    lora = LoraOptions(r=4, alpha=8, dropout=0.0, modules_to_save=("lm_head",))
+    model, _ = build_policy(PolicyOptions(model_path=tiny_model, lora=lora, gradient_checkpointing=True))
+    model.train()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.1)  # B starts at 0, which leaves A without a gradient
+    dm = datamodule(tiny_model, tmp_path, batch_size=3)
+    dm.setup("fit")
+    inputs = next(iter(dm.train_dataloader()))["inputs"]
+    assert {"input_features", "pixel_values_videos"} <= inputs.keys()
+    targets = int((inputs["labels"][:, 1:] != -100).sum())
+    assert 0 < targets < inputs["labels"][:, 1:].numel() / 2
+    num_items = torch.tensor(targets / 2.0)  # as on one of two ranks
+    trainable = {name: param for name, param in model.named_parameters() if param.requires_grad}
+
+    def loss_and_gradients(compute) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model.zero_grad(set_to_none=True)
+        loss = compute()
+        loss.backward()
+        return loss.detach(), {name: param.grad.clone() for name, param in trainable.items()}
+
+    ours, our_grads = loss_and_gradients(lambda: sft_loss(model, inputs, num_items))
+    theirs, their_grads = loss_and_gradients(lambda: model(**inputs, num_items_in_batch=num_items).loss)
+    torch.testing.assert_close(ours, theirs, rtol=1e-6, atol=1e-6)
+    assert any("lora_A" in name for name in trainable) and any("lm_head" in name for name in trainable)
+    for name, grad in their_grads.items():
+        assert grad.abs().max() > 0, name
+        torch.testing.assert_close(our_grads[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
 def test_only_assistant_tokens_train(tiny_model, tmp_path):
     dm = datamodule(tiny_model, tmp_path)
     dm.setup("fit")
@@ -112,14 +151,32 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tiny_model, 
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
 
 
-def test_four_bit_base_trains_on_cpu(tiny_model, tmp_path):
+def test_four_bit_base_keeps_the_rest_in_bf16_and_trains_with_checkpointing(tiny_model, tmp_path):
+    """QLoRA as the 1-GPU recipes run it (nf4, dtype bfloat16, bf16-mixed, gradient checkpointing): nothing
+    unquantized is upcast to fp32 (peft's prepare_model_for_kbit_training would), the LoRA weights are fp32, and a
+    step changes them."""
     import bitsandbytes as bnb
 
-    policy = PolicyOptions(model_path=tiny_model, lora=LoraOptions(r=4, alpha=8), quantization="nf4")
+    policy = PolicyOptions(model_path=tiny_model, lora=LoraOptions(r=4, alpha=8), quantization="nf4",
+                           dtype="bfloat16", gradient_checkpointing=True)  # fmt: skip
     sft = SFTModule(policy=policy, generation=GenerationOptions(max_new_tokens=4))
-    trainer(tmp_path, max_steps=1, limit_val_batches=0).fit(sft, datamodule=datamodule(tiny_model, tmp_path))
+    sft.configure_model()
+    params = dict(sft.model.named_parameters())
+    lora = {name: p.detach().clone() for name, p in params.items() if "lora_" in name}
+    assert lora and all(p.dtype == torch.float32 for p in lora.values())
+    for part in (".audio_tower.", ".visual.", "embed_tokens", "lm_head", ".norm."):
+        dtypes = {p.dtype for name, p in params.items() if part in name}
+        assert dtypes == {torch.bfloat16}, f"{part}: {dtypes}"
     four_bit = [name for name, m in sft.model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert four_bit and all(".language_model.layers." in name for name in four_bit)  # towers, head stay full
+
+    trainer(tmp_path, max_steps=1, limit_val_batches=0, precision="bf16-mixed").fit(
+        sft, datamodule=datamodule(tiny_model, tmp_path, batch_size=2)
+    )
+    assert sft.model.is_gradient_checkpointing
+    after = dict(sft.model.named_parameters())
+    changed = [name for name, before in lora.items() if not torch.equal(after[name].detach(), before)]
+    assert any("lora_B" in name for name in changed) and all(after[name].dtype == torch.float32 for name in lora)
 
 
 def test_cross_domain_test_metric_names(tiny_model, tmp_path):
