@@ -15,13 +15,16 @@ import torch
 import torchmetrics
 
 from msathinker.dc_format import parse_completion, polarity_of
+from msathinker.generation import generate, generation_config
 from msathinker.metrics import MSAMetric
 from msathinker.scales import SCALES, Scale
 
 
 @dataclass(frozen=True)
 class GenerationOptions:
-    """Decoding settings of evaluation (greedy by default, as Qwen2.5-Omni's generation_config)."""
+    """Decoding settings of evaluation: greedy by default. These are all the settings: generation stops at the end
+    of the turn (<|im_end|>) or of the text, and nothing is read from the checkpoint's generation_config.json (no
+    repetition penalty, top-k or min-p it may set; see msathinker.generation)."""
 
     max_new_tokens: int = 160
     """Longest completion; a longer one is cut and usually fails to parse."""
@@ -38,15 +41,14 @@ def generate_completions(
 ) -> list[str]:
     """Decode the new tokens of `model.generate` for a batch of prompts (special tokens removed). `synced_gpus`
     keeps this rank stepping until every rank is done (needed when the model is FSDP-sharded)."""
-    kwargs: dict[str, Any] = {
-        "max_new_tokens": options.max_new_tokens,
-        "do_sample": options.do_sample,
-        "synced_gpus": synced_gpus,
-    }
-    if options.do_sample:
-        kwargs.update(temperature=options.temperature, top_p=options.top_p)
-    tok = processor.tokenizer
-    output = model.generate(**inputs, **kwargs, pad_token_id=tok.pad_token_id)
+    config = generation_config(
+        processor.tokenizer,
+        max_new_tokens=options.max_new_tokens,
+        do_sample=options.do_sample,
+        temperature=options.temperature,
+        top_p=options.top_p,
+    )
+    output = generate(model, config, **inputs, synced_gpus=synced_gpus)
     return processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
 

@@ -94,14 +94,12 @@ def test_per_row_seeds_make_completions_independent_of_the_batch(tiny_model, tmp
     inputs = next(iter(dm.val_dataloader()))["inputs"]
     media = split_prompt_media(model, inputs, encode_once=True)
     prompts = unpadded_prompts(inputs)
-    tok = processor.tokenizer
-    options = dict(max_new_tokens=10, temperature=1.0, top_p=1.0, eos_ids=[tok.convert_tokens_to_ids("<|im_end|>")],
-                   pad_id=tok.pad_token_id, use_audio_in_video=False)  # fmt: skip
+    options = dict(max_new_tokens=10, temperature=1.0, top_p=1.0, use_audio_in_video=False)
 
     def generate(indices: list[int]) -> list[list[int]]:
         rows = [Row(prompts[i], media[i]) for i in indices]
         generators = [torch.Generator().manual_seed(100 + i) for i in indices]
-        return [c.tolist() for c in sample(model, rows, generators=generators, **options)[0]]
+        return [c.tolist() for c in sample(model, rows, processor.tokenizer, generators=generators, **options)[0]]
 
     batched = generate([0, 1, 2])
     assert [generate([i])[0] for i in range(3)] == batched
