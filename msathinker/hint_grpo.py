@@ -9,7 +9,6 @@ the clipped policy loss (msathinker.grpo) over the completion tokens only (hint 
 
 from __future__ import annotations
 
-import hashlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -20,7 +19,7 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from callbacks.hints import HintStrategy, PolarityHint
 from callbacks.rewards import Reward, RewardInput, compute_rewards, default_rewards
 from msathinker.dc_format import parse_completion, polarity_of
-from msathinker.evaluation import GenerationOptions
+from msathinker.evaluation import GenerationOptions, stable_hash
 from msathinker.generation import END_OF_TURN, special_token_id
 from msathinker.grpo import LossType, RewardScale, group_advantages, group_reward_std, masked_mean, policy_loss
 from msathinker.module import OmniPolicyModule
@@ -80,11 +79,6 @@ class GRPOOptions:
     index, hinted or not) instead of the global RNG: the rollouts then do not depend on how the prompts are split
     across processes or batched, so runs on 1 and N processes with the same global batch sample the same
     completions. Exact sampling (Gumbel-max over the temperature / top-p distribution)."""
-
-
-def _seed_of(key: str) -> int:
-    """A 64-bit generator seed from a string (stable across processes and Python runs, unlike hash())."""
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
 
 
 class HintGRPOModule(OmniPolicyModule):
@@ -176,8 +170,8 @@ class HintGRPOModule(OmniPolicyModule):
 
     def _sample(self, rows: list[Row], seeds: list[str] | None = None) -> torch.Tensor:
         generators = None
-        if self.grpo.per_completion_seeds:
-            generators = [torch.Generator(self.device).manual_seed(_seed_of(key)) for key in seeds]
+        if self.grpo.per_completion_seeds:  # seeds in [0, 2**64), as manual_seed takes them
+            generators = [torch.Generator(self.device).manual_seed(stable_hash(key) % 2**64) for key in seeds]
         completions, truncated = sample(
             self.model,
             rows,
