@@ -8,20 +8,25 @@ polarity_acc compares the completion's polarity (stated, or else the sign band o
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torchmetrics
+from torchmetrics.utilities.data import dim_zero_cat
 
 from msathinker.dc_format import parse_completion, polarity_of
-from msathinker.metrics import MSAMetric
+from msathinker.generation import generate, generation_config
+from msathinker.metrics import msa_metrics
 from msathinker.scales import SCALES, Scale
 
 
 @dataclass(frozen=True)
 class GenerationOptions:
-    """Decoding settings of evaluation (greedy by default, as Qwen2.5-Omni's generation_config)."""
+    """Decoding settings of evaluation: greedy by default. These are all the settings: generation stops at the end
+    of the turn (<|im_end|>) or of the text, and nothing is read from the checkpoint's generation_config.json (no
+    repetition penalty, top-k or min-p it may set; see msathinker.generation)."""
 
     max_new_tokens: int = 160
     """Longest completion; a longer one is cut and usually fails to parse."""
@@ -38,20 +43,29 @@ def generate_completions(
 ) -> list[str]:
     """Decode the new tokens of `model.generate` for a batch of prompts (special tokens removed). `synced_gpus`
     keeps this rank stepping until every rank is done (needed when the model is FSDP-sharded)."""
-    kwargs: dict[str, Any] = {
-        "max_new_tokens": options.max_new_tokens,
-        "do_sample": options.do_sample,
-        "synced_gpus": synced_gpus,
-    }
-    if options.do_sample:
-        kwargs.update(temperature=options.temperature, top_p=options.top_p)
-    tok = processor.tokenizer
-    output = model.generate(**inputs, **kwargs, pad_token_id=tok.pad_token_id)
+    config = generation_config(
+        processor.tokenizer,
+        max_new_tokens=options.max_new_tokens,
+        do_sample=options.do_sample,
+        temperature=options.temperature,
+        top_p=options.top_p,
+    )
+    output = generate(model, config, **inputs, synced_gpus=synced_gpus)
     return processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+def stable_hash(text: str) -> int:
+    """A signed 64-bit integer of a string, the same in every process and Python run (unlike hash())."""
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little", signed=True)
 
 
 class CompletionEvaluator(torchmetrics.Metric):
     """Accumulates completions of one evaluation pass; compute() returns MMSA metrics plus format/parse/polarity.
+
+    Each clip counts once. Under DDP and FSDP2, Lightning's DistributedSampler pads the split so that every rank runs
+    as many batches (FSDP2 needs that: generation is a collective there), so a few clips are generated twice, on
+    two ranks. The per-clip values are gathered from every rank with a key of the clip's id (`stable_hash`), and
+    compute() keeps the first occurrence of each key in rank order.
 
     prediction_scale: the label range the model answers on, when it differs from the evaluated dataset's
     (cross-domain); answers are mapped linearly to the dataset's range before scoring.
@@ -67,14 +81,13 @@ class CompletionEvaluator(torchmetrics.Metric):
         self.output_format = output_format
         self.unparsed_score = unparsed_score
         self.prediction_scale = SCALES[prediction_scale] if prediction_scale else scale
-        self.msa = MSAMetric(scale.name)
-        for name in ("total", "valid_format", "unparsed", "polarity_correct"):
-            self.add_state(name, default=torch.tensor(0.0), dist_reduce_fx="sum")
+        for name in ("keys", "predictions", "labels", "valid_format", "unparsed", "polarity_correct"):
+            self.add_state(name, default=[], dist_reduce_fx="cat")
         self.rows: list[dict[str, Any]] = []
         """The completions of this rank, for the completions table."""
 
     def update(self, ids: list[str], completions: list[str], labels: torch.Tensor) -> None:
-        preds = []
+        values: dict[str, list] = {name: [] for name in ("predictions", "valid_format", "unparsed", "polarity_correct")}
         for clip_id, completion, label in zip(ids, completions, labels.tolist(), strict=True):
             parsed = parse_completion(completion, self.output_format)
             score = parsed.score
@@ -82,11 +95,10 @@ class CompletionEvaluator(torchmetrics.Metric):
                 score = self.prediction_scale.map_to(score, self.scale)
             prediction = self.unparsed_score if score is None else score
             polarity = parsed.polarity or (polarity_of(score, self.scale) if score is not None else None)
-            self.total += 1
-            self.valid_format += float(parsed.valid)
-            self.unparsed += float(score is None)
-            self.polarity_correct += float(polarity == polarity_of(label, self.scale))
-            preds.append(prediction)
+            values["predictions"].append(prediction)
+            values["valid_format"].append(float(parsed.valid))
+            values["unparsed"].append(float(score is None))
+            values["polarity_correct"].append(float(polarity == polarity_of(label, self.scale)))
             self.rows.append(
                 {
                     "id": clip_id,
@@ -99,16 +111,24 @@ class CompletionEvaluator(torchmetrics.Metric):
                     "error": parsed.error,
                 }
             )
-        self.msa.update(torch.tensor(preds, dtype=torch.float64), labels.to(torch.float64).cpu())
+        self.keys.append(torch.tensor([stable_hash(i) for i in ids], dtype=torch.int64, device=self.device))
+        self.labels.append(labels.detach().to(self.device, torch.float32))
+        for name, value in values.items():  # float32 as MMSA's tensors (see msathinker.metrics)
+            getattr(self, name).append(torch.tensor(value, dtype=torch.float32, device=self.device))
 
     def compute(self) -> dict[str, torch.Tensor]:
-        results = {k: torch.as_tensor(v, dtype=torch.float32) for k, v in self.msa.compute().items()}
-        results["format_rate"] = self.valid_format / self.total
-        results["parse_failure_rate"] = self.unparsed / self.total
-        results["polarity_acc"] = self.polarity_correct / self.total
+        first: dict[int, int] = {}
+        for position, key in enumerate(dim_zero_cat(self.keys).tolist()):
+            first.setdefault(key, position)
+        once = torch.tensor(list(first.values()), device=self.device)
+        predictions, labels = dim_zero_cat(self.predictions)[once], dim_zero_cat(self.labels)[once]
+        metrics = msa_metrics(predictions.cpu(), labels.cpu(), self.scale)
+        results = {k: torch.tensor(v, dtype=torch.float32, device=self.device) for k, v in metrics.items()}
+        results["format_rate"] = dim_zero_cat(self.valid_format)[once].mean()
+        results["parse_failure_rate"] = dim_zero_cat(self.unparsed)[once].mean()
+        results["polarity_acc"] = dim_zero_cat(self.polarity_correct)[once].mean()
         return results
 
     def reset(self) -> None:
         super().reset()
-        self.msa.reset()
         self.rows = []

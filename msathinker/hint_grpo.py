@@ -9,7 +9,6 @@ the clipped policy loss (msathinker.grpo) over the completion tokens only (hint 
 
 from __future__ import annotations
 
-import hashlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -20,7 +19,8 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from callbacks.hints import HintStrategy, PolarityHint
 from callbacks.rewards import Reward, RewardInput, compute_rewards, default_rewards
 from msathinker.dc_format import parse_completion, polarity_of
-from msathinker.evaluation import GenerationOptions
+from msathinker.evaluation import GenerationOptions, stable_hash
+from msathinker.generation import END_OF_TURN, special_token_id
 from msathinker.grpo import LossType, RewardScale, group_advantages, group_reward_std, masked_mean, policy_loss
 from msathinker.module import OmniPolicyModule
 from msathinker.policy import PolicyOptions
@@ -79,11 +79,6 @@ class GRPOOptions:
     index, hinted or not) instead of the global RNG: the rollouts then do not depend on how the prompts are split
     across processes or batched, so runs on 1 and N processes with the same global batch sample the same
     completions. Exact sampling (Gumbel-max over the temperature / top-p distribution)."""
-
-
-def _seed_of(key: str) -> int:
-    """A 64-bit generator seed from a string (stable across processes and Python runs, unlike hash())."""
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little")
 
 
 class HintGRPOModule(OmniPolicyModule):
@@ -174,18 +169,16 @@ class HintGRPOModule(OmniPolicyModule):
     # --- rollouts -------------------------------------------------------------------------------------------------
 
     def _sample(self, rows: list[Row], seeds: list[str] | None = None) -> torch.Tensor:
-        tok = self.processor.tokenizer
         generators = None
-        if self.grpo.per_completion_seeds:
-            generators = [torch.Generator(self.device).manual_seed(_seed_of(key)) for key in seeds]
+        if self.grpo.per_completion_seeds:  # seeds in [0, 2**64), as manual_seed takes them
+            generators = [torch.Generator(self.device).manual_seed(stable_hash(key) % 2**64) for key in seeds]
         completions, truncated = sample(
             self.model,
             rows,
+            self.processor.tokenizer,
             max_new_tokens=self.grpo.max_completion_length,
             temperature=self.grpo.temperature,
             top_p=self.grpo.top_p,
-            eos_ids=[tok.convert_tokens_to_ids("<|im_end|>"), tok.pad_token_id],
-            pad_id=tok.pad_token_id,
             use_audio_in_video=self._use_audio_in_video,
             generators=generators,
             synced_gpus=self.synced_generation,
@@ -201,8 +194,7 @@ class HintGRPOModule(OmniPolicyModule):
         line = self.hint.prompt_line(polarity)
         ids = prompt_ids
         if line:  # insert before the user turn's <|im_end|>, the last one in the prompt
-            im_end = tok.convert_tokens_to_ids("<|im_end|>")
-            cut = int((ids == im_end).nonzero()[-1])
+            cut = int((ids == special_token_id(tok, END_OF_TURN)).nonzero()[-1])
             line_ids = torch.tensor(tok(line, add_special_tokens=False)["input_ids"], device=ids.device)
             ids = torch.cat([ids[:cut], line_ids, ids[cut:]])
         if prefix:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
+from msathinker.generation import generate, generation_config, thinker_of
 from msathinker.grpo import token_entropy, token_logprobs
 
 
@@ -42,11 +43,6 @@ class Row:
     completion_ids: torch.Tensor | None = None
     truncated: bool = False
     """The completion hit max_completion_length without an EOS."""
-
-
-def thinker_of(model):
-    """The Qwen thinker under a peft wrapper (or the model itself)."""
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def split_prompt_media(model, inputs: dict, encode_once: bool) -> list[PromptMedia]:
@@ -169,55 +165,60 @@ class PerRowGumbelSampling:
 def sample(
     model,
     rows: list[Row],
+    tokenizer,
     *,
     max_new_tokens: int,
     temperature: float,
     top_p: float,
-    eos_ids: list[int],
-    pad_id: int,
     use_audio_in_video: bool,
     generators: list[torch.Generator] | None = None,
     synced_gpus: bool = False,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Sample one completion per row (KV-cached generate). Returns the completion ids of each row, cut after its
-    first EOS (kept, as TRL does), and a bool tensor marking rows that hit max_new_tokens without an EOS. Each distinct
-    prompt (a group) is prefilled once and its KV cache shared by its rows.
+    first stop token (kept, as TRL does), and a bool tensor marking rows that hit max_new_tokens without one. Each
+    distinct prompt (a group) is prefilled once and its KV cache shared by its rows.
 
-    The media placeholder and boundary tokens are suppressed: their (tiny, after SFT) probability mass is the only
-    difference between the sampling and the log-prob distributions. With `generators` (one per row) each row samples
-    from its own generator (PerRowGumbelSampling); else from the global RNG (transformers' multinomial sampling).
-    `synced_gpus` keeps this rank stepping until every rank is done (needed when the model is FSDP-sharded)."""
+    The distribution is the temperature / top-p softmax and nothing else (msathinker.generation: no setting of the
+    checkpoint's generation_config.json applies), with the media placeholder and boundary tokens suppressed: their
+    (tiny, after SFT) probability mass is the only difference between the sampling and the log-prob distributions.
+    With `generators` (one per row) each row samples from its own generator (PerRowGumbelSampling); else from the
+    global RNG (transformers' multinomial sampling). `synced_gpus` keeps this rank stepping until every rank is done
+    (needed when the model is FSDP-sharded)."""
     thinker = thinker_of(model)
+    config = generation_config(
+        tokenizer,
+        max_new_tokens=max_new_tokens,
+        do_sample=generators is None,
+        temperature=temperature,
+        top_p=top_p,
+        suppress_tokens=media_token_ids(thinker.config),
+    )
     prompts, owner = distinct_prompts(rows)
-    kwargs, prompt_len = model_kwargs(model, prompts, pad_id, use_audio_in_video)
+    kwargs, prompt_len = model_kwargs(model, prompts, config.pad_token_id, use_audio_in_video)
     # prefill each distinct prompt but its last token once, then let generate continue every row from that cache
     prefix = {k: v[:, :-1] if k in ("input_ids", "attention_mask", "inputs_embeds") else v for k, v in kwargs.items()}
-    cache = thinker.model(**prefix, use_cache=True).past_key_values
+    cache = thinker.model(**prefix, use_cache=True).cache
     cache.reorder_cache(owner)
     thinker.model.rope_deltas = thinker.model.rope_deltas[owner]  # the prefill's TMRoPE offsets, one per row
-    if generators is None:
-        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
-    else:
+    extra = {}
+    if generators is not None:
         from transformers import LogitsProcessorList
 
-        processor = LogitsProcessorList([PerRowGumbelSampling(temperature, top_p, generators)])
-        sampling = {"do_sample": False, "logits_processor": processor}
-    output = model.generate(
+        extra["logits_processor"] = LogitsProcessorList([PerRowGumbelSampling(temperature, top_p, generators)])
+    output = generate(
+        model,
+        config,
         input_ids=kwargs["input_ids"][owner],
         attention_mask=kwargs["attention_mask"][owner],
-        past_key_values=cache,
-        **sampling,
-        suppress_tokens=media_token_ids(thinker.config),
-        max_new_tokens=max_new_tokens,
-        eos_token_id=eos_ids,
-        pad_token_id=pad_id,
+        cache=cache,
         synced_gpus=synced_gpus,
+        **extra,
     )
     new = output[:, prompt_len:]
-    is_eos = torch.isin(new, torch.tensor(eos_ids, device=new.device))
+    is_stop = torch.isin(new, torch.tensor(config.eos_token_id, device=new.device))
     completions, truncated = [], []
     for row in range(new.shape[0]):
-        hits = is_eos[row].nonzero()
+        hits = is_stop[row].nonzero()
         end = int(hits[0]) + 1 if len(hits) else new.shape[1]
         completions.append(new[row, :end].clone())
         truncated.append(len(hits) == 0)
@@ -258,7 +259,7 @@ def _shared_prompt_hidden(model, rows: list[Row], pad_id: int, use_audio_in_vide
         mask[i, : len(r.completion_ids)] = 1
     hidden = out.last_hidden_state[owner, -1:]  # the last prompt position predicts the first completion token
     if width > 1:  # completion tokens 0..width-2 predict tokens 1..width-1; text continues after the prompt's max
-        cache = out.past_key_values
+        cache = out.cache
         cache.reorder_cache(owner)
         start = positions.masked_fill(prompt_mask[None] == 0, -1).amax(dim=(0, 2)) + 1
         steps = start[owner, None] + torch.arange(width - 1, device=device)
@@ -266,7 +267,7 @@ def _shared_prompt_hidden(model, rows: list[Row], pad_id: int, use_audio_in_vide
             inputs_embeds=thinker.get_input_embeddings()(targets[:, :-1]),
             attention_mask=torch.cat([prompt_mask[owner], mask[:, :-1].long()], dim=1),
             position_ids=steps[None].expand(3, -1, -1),
-            past_key_values=cache,
+            cache=cache,
             use_cache=True,
         ).last_hidden_state
         hidden = torch.cat([hidden, tail], dim=1)

@@ -96,14 +96,12 @@ def test_per_row_seeds_make_completions_independent_of_the_batch(tiny_model, tmp
     inputs = next(iter(dm.val_dataloader()))["inputs"]
     media = split_prompt_media(model, inputs, encode_once=True)
     prompts = unpadded_prompts(inputs)
-    tok = processor.tokenizer
-    options = dict(max_new_tokens=10, temperature=1.0, top_p=1.0, eos_ids=[tok.convert_tokens_to_ids("<|im_end|>")],
-                   pad_id=tok.pad_token_id, use_audio_in_video=False)  # fmt: skip
+    options = dict(max_new_tokens=10, temperature=1.0, top_p=1.0, use_audio_in_video=False)
 
     def generate(indices: list[int]) -> list[list[int]]:
         rows = [Row(prompts[i], media[i]) for i in indices]
         generators = [torch.Generator().manual_seed(100 + i) for i in indices]
-        return [c.tolist() for c in sample(model, rows, generators=generators, **options)[0]]
+        return [c.tolist() for c in sample(model, rows, processor.tokenizer, generators=generators, **options)[0]]
 
     batched = generate([0, 1, 2])
     assert [generate([i])[0] for i in range(3)] == batched
@@ -144,6 +142,46 @@ def grpo_model(tiny_model: str) -> dict:
     }
 
 
+def trainer_config(root: Path, strategy: str) -> dict:
+    """The Trainer settings every run here shares: CPU, 1 or 2 processes with the strategy, a CSV log in root."""
+    trainer = {
+        "accelerator": "cpu",
+        "devices": 1 if strategy == "single" else 2,
+        "enable_progress_bar": False,
+        "default_root_dir": str(root),
+        "logger": {
+            "class_path": "lightning.pytorch.loggers.CSVLogger",
+            "init_args": {"save_dir": str(root), "name": "csv", "version": 0},
+        },
+    }
+    if STRATEGIES[strategy] is not None:
+        trainer["strategy"] = STRATEGIES[strategy]
+    return trainer
+
+
+def data_config(media: Path, **init_args) -> dict:
+    return {
+        "class_path": "data_modules.MSADataModule",
+        "init_args": {"dataset": "demo_mosi", "eval_batch_size": 2, "media_cache_dir": str(media), **init_args},
+    }
+
+
+def launch(root: Path, config: dict, command: str = "fit", *args: str) -> list[dict[str, str]]:
+    """Run `python -m msathinker <command>` on `config` (its processes on a free port, MLflow and temp files in
+    root); returns the rows of the CSV log."""
+    path = root / "config.in.yaml"
+    root.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}", "TMPDIR": str(root),
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}  # fmt: skip
+    command_line = [sys.executable, "-m", "msathinker", command, "--config", str(path), *args]
+    result = subprocess.run(command_line, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-4000:]
+    with open(root / "csv" / "version_0" / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
 def fit(
     root: Path,
     model: dict,
@@ -157,46 +195,22 @@ def fit(
 ) -> tuple[dict[str, list[float]], dict[str, torch.Tensor]]:
     """Run `python -m msathinker fit` with the given strategy; returns the per-step train metrics (loss, and reward
     for GRPO) and the final adapter."""
-    devices = 1 if strategy == "single" else 2
+    trainer = trainer_config(root, strategy)
     checkpoints = {"dirpath": str(root / "checkpoints"), "save_last": True, "save_top_k": 0,
                    "every_n_train_steps": 1, "enable_version_counter": False}  # fmt: skip
-    trainer = {
-        "accelerator": "cpu",
-        "devices": devices,
-        "max_steps": max_steps,
-        "limit_val_batches": 1 if validate else 0,
-        "val_check_interval": max_steps,
-        "check_val_every_n_epoch": None,
-        "num_sanity_val_steps": 0,
-        "log_every_n_steps": 1,
-        "enable_progress_bar": False,
-        "default_root_dir": str(root),
-        "logger": {
-            "class_path": "lightning.pytorch.loggers.CSVLogger",
-            "init_args": {"save_dir": str(root), "name": "csv", "version": 0},
-        },
-        "callbacks": [{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": checkpoints}],
-    }
-    if STRATEGIES[strategy] is not None:
-        trainer["strategy"] = STRATEGIES[strategy]
-    data = {
-        "class_path": "data_modules.MSADataModule",
-        "init_args": {"dataset": "demo_mosi", "max_clips": 8, "batch_size": global_batch // devices,
-                      "eval_batch_size": 2, "targets": targets, "media_cache_dir": str(media)},
-    }  # fmt: skip
-    config = root / "config.in.yaml"
-    root.mkdir(parents=True, exist_ok=True)
-    config.write_text(yaml.safe_dump({"seed_everything": 0, "trainer": trainer, "model": model, "data": data}))
-    env = {**os.environ, "PYTHONPATH": f"{REPO}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "MLFLOW_TRACKING_URI": f"sqlite:///{root / 'mlflow.db'}", "TMPDIR": str(root),
-           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "OMP_NUM_THREADS": "1"}  # fmt: skip
-    command = [sys.executable, "-m", "msathinker", "fit", "--config", str(config)]
-    if ckpt_path is not None:
-        command += ["--ckpt_path", ckpt_path]
-    result = subprocess.run(command, cwd=root, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-4000:]
-    with open(root / "csv" / "version_0" / "metrics.csv") as f:
-        rows = [row for row in csv.DictReader(f) if row.get("train/loss")]
+    trainer.update(
+        max_steps=max_steps,
+        limit_val_batches=1 if validate else 0,
+        val_check_interval=max_steps,
+        check_val_every_n_epoch=None,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
+        callbacks=[{"class_path": "lightning.pytorch.callbacks.ModelCheckpoint", "init_args": checkpoints}],
+    )
+    data = data_config(media, max_clips=8, batch_size=global_batch // trainer["devices"], targets=targets)
+    config = {"seed_everything": 0, "trainer": trainer, "model": model, "data": data}
+    args = ["--ckpt_path", ckpt_path] if ckpt_path is not None else []
+    rows = [row for row in launch(root, config, "fit", *args) if row.get("train/loss")]
     metrics = {key: [float(row[key]) for row in rows] for key in ("train/loss", "train/reward") if key in rows[0]}
     return metrics, load_file(root / "adapter" / "adapter_model.safetensors")
 
@@ -250,3 +264,19 @@ def test_fsdp2_resume_matches_an_uninterrupted_run(tiny_model, media, grpo_runs,
     assert len(first["train/loss"]) == 1 and len(rest["train/loss"]) == STEPS - 1
     joined = {key: first[key] + rest[key] for key in first}
     assert_same_run((joined, adapter), grpo_runs["fsdp2"], "fsdp2 resumed")
+
+
+def test_distributed_evaluation_counts_each_clip_once(tiny_model, media, tmp_path):
+    """`test` on a 5-clip split: on 2 processes the DistributedSampler gives each rank 3 clips, one clip twice;
+    DDP and FSDP2 (where the padding must stay: generation is a collective) report the metrics of one process."""
+    model = sft_model(tiny_model)
+    model["init_args"]["generation"] = {"max_new_tokens": 4}
+    metrics = {}
+    for strategy in STRATEGIES:
+        root = tmp_path / strategy
+        config = {"trainer": trainer_config(root, strategy), "model": model, "data": data_config(media, max_clips=5)}
+        (row,) = [row for row in launch(root, config, "test") if row.get("test/demo_mosi/MAE")]
+        metrics[strategy] = {key: float(value) for key, value in row.items() if key.startswith("test/")}
+    assert len(metrics["single"]) > 10
+    assert metrics["ddp"] == metrics["single"]
+    assert metrics["fsdp2"] == metrics["single"]

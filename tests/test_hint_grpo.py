@@ -138,8 +138,8 @@ def test_shared_prompts_give_the_same_samples_logprobs_and_gradients(tiny_model,
     tok = module.processor.tokenizer
     rows = [Row(p, m) for p, m in zip(prompts, media, strict=True) for _ in range(3)] + [Row(hinted, media[1])]
     torch.manual_seed(1)
-    completions, _ = sample(module.model, rows, max_new_tokens=8, temperature=1.0, top_p=1.0,
-                            eos_ids=[tok.eos_token_id], pad_id=tok.pad_token_id, use_audio_in_video=False)  # fmt: skip
+    completions, _ = sample(module.model, rows, tok, max_new_tokens=8, temperature=1.0, top_p=1.0,
+                            use_audio_in_video=False)  # fmt: skip
     for row, ids in zip(rows, completions, strict=True):
         row.completion_ids = ids[: 2 + len(row.prompt_ids) % 5]  # ragged lengths
     results = []

@@ -87,7 +87,8 @@ class RulesTeacher(Teacher):
 
 
 class TransformersTeacher(Teacher):
-    """A local Qwen2.5-Omni / Qwen3-Omni checkpoint (full or thinker-only), batched generate.
+    """A local Qwen2.5-Omni / Qwen3-Omni checkpoint (full or thinker-only), batched generate. Decoding uses these
+    settings only (msathinker.generation: stop at <|im_end|>, nothing from the checkpoint's generation_config.json).
 
     Args:
         model_path: checkpoint path, hub id or tiny alias. Required.
@@ -123,17 +124,21 @@ class TransformersTeacher(Teacher):
     def complete(self, clips: list[Clip], num_samples: int) -> Iterator[tuple[int, list[str] | ClipRefused]]:
         import torch
 
+        from msathinker.generation import generate, generation_config
+
         batch = self.collator([c.item for c in clips])
         inputs = {k: v.to(self.device) if hasattr(v, "to") else v for k, v in batch["inputs"].items()}
         tok = self.collator.processor.tokenizer
-        sampling = {"do_sample": self.temperature > 0}
-        if self.temperature > 0:
-            sampling.update(temperature=self.temperature, top_p=self.top_p)
+        config = generation_config(
+            tok,
+            max_new_tokens=self.max_new_tokens,
+            do_sample=self.temperature > 0,
+            temperature=self.temperature,
+            top_p=self.top_p,
+            num_return_sequences=num_samples,
+        )
         with torch.no_grad():
-            out = self.model.generate(
-                **inputs, max_new_tokens=self.max_new_tokens, num_return_sequences=num_samples,
-                pad_token_id=tok.pad_token_id, **sampling,
-            )  # fmt: skip
+            out = generate(self.model, config, **inputs)
         texts = tok.batch_decode(out[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
         for i in range(len(clips)):
             yield i, texts[i * num_samples : (i + 1) * num_samples]
