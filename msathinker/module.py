@@ -14,8 +14,8 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from msathinker.checkpoints import finish_checkpoint, keep_only_trainable_weights, restore_rng_states
 from msathinker.evaluation import CompletionEvaluator, GenerationOptions, generate_completions
-from msathinker.policy import PolicyOptions, build_policy, check_update_resolution, validate_policy_options
 from msathinker.generation import thinker_of
+from msathinker.policy import PolicyOptions, build_policy, check_update_resolution, validate_policy_options
 from msathinker.sharding import check_fsdp2_options, is_sharded, shard_policy
 
 
