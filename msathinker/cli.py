@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+from jsonargparse import Path as ConfigPath
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import MLFlowLogger
 
@@ -12,14 +14,29 @@ from data_modules import MSADataModule
 from msathinker.tracking import default_tracking_uri
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+def _param_value(value: object) -> object:
+    """A config value as an MLflow parameter shows it: a path as the path given (jsonargparse's Path objects would
+    show as `Path_fsr(<path>, cwd=...)`), a list or tuple as JSON (the form `--key value` takes), the rest as is."""
+    if isinstance(value, ConfigPath):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return json.dumps([_param_value(v) for v in value])
+    return value
+
+
+def _flatten(tree: dict, prefix: str = "", separator: str = ".") -> dict[str, object]:
+    """One parameter per leaf of the config: dotted names (model.init_args.policy.lora.r); a list of dicts (the
+    trainer's callbacks) is numbered with "/" as Lightning names it (trainer.callbacks/0/init_args/dirpath)."""
     flat: dict[str, object] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{name}."))
+            flat.update(_flatten(value, f"{name}{separator}", separator))
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            for i, item in enumerate(value):
+                flat.update(_flatten(item, f"{name}/{i}/", "/"))
         else:
-            flat[name] = value
+            flat[name] = _param_value(value)
     return flat
 
 
