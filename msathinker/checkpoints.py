@@ -5,16 +5,30 @@ tensor or a plain Python value: hyper-parameters are flattened to dicts and clas
 Only trainable weights are stored: the frozen base is re-read from the model checkpoint. The LightningModule's
 state_dict itself holds only them (a state_dict hook), because a distributed checkpoint (ModelParallelStrategy)
 saves and loads exactly the keys of the module's state_dict. RNG states are stored for every rank.
+
+A checkpoint file is never seen half-written: `AtomicCheckpointIO` (installed by the CLI) writes it to a temporary
+file in the same directory, fsyncs it and renames it over the target, so a kill at any moment of a save leaves the
+previous checkpoint (or none) in place, and `fit --ckpt_path last` finds a complete one.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import io
+import os
 import random
+import time
+import uuid
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+WRITE_DELAY_ENV = "MSATHINKER_CHECKPOINT_WRITE_DELAY"
+"""Test hook: seconds `AtomicCheckpointIO` pauses halfway through writing a checkpoint, so that a test can kill
+the process in the middle of a save."""
 
 
 def plain(value: Any) -> Any:
@@ -72,3 +86,49 @@ def finish_checkpoint(checkpoint: dict[str, Any]) -> None:
         if key in checkpoint:
             checkpoint[key] = plain(dict(checkpoint[key]))
     checkpoint["rng_states"] = all_gather_objects(rng_states())
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, made safe against a kill (or a crash, or a power loss) during the write.
+
+    A local checkpoint is written to `.<name>.<random>.tmp` in its own directory, flushed to disk (fsync), renamed
+    over `<name>` (atomic on POSIX filesystems) and the directory entry fsync'ed: `<name>` is always either the
+    previous complete checkpoint or the new complete one. A temporary file left by a killed save is removed by the
+    next save of the same name; it never matches `last*.ckpt`, so `--ckpt_path last` ignores it. A path with a
+    protocol (s3://, gs://, file://, ...) goes through Lightning's own writer. Loading is Lightning's (torch.load).
+
+    Distributed (FSDP2) checkpoints are directories the strategy writes itself, without this plugin: see the README
+    section on checkpoints.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        for stale in target.parent.glob(f".{target.name}.*.tmp"):  # left by a save that was killed
+            stale.unlink(missing_ok=True)
+        buffer = io.BytesIO()
+        torch.save(checkpoint, buffer)
+        data = buffer.getbuffer()
+        temporary = target.with_name(f".{target.name}.{uuid.uuid4().hex[:12]}.tmp")
+        try:
+            with open(temporary, "xb") as file:  # the umask's permissions, as a plain save would have
+                # two halves, so that the test hook's pause leaves a half-written file to be killed over
+                file.write(data[: len(data) // 2])
+                if delay := float(os.environ.get(WRITE_DELAY_ENV, 0)):
+                    file.flush()
+                    time.sleep(delay)
+                file.write(data[len(data) // 2 :])
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(temporary, target)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+        directory = os.open(target.parent, os.O_RDONLY)
+        try:
+            os.fsync(directory)  # the rename itself survives a power loss
+        finally:
+            os.close(directory)

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 from jsonargparse import Path as ConfigPath
+from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.plugins.io import CheckpointIO
 
 from callbacks import CompletionsTable, ExportAdapter
 from data_modules import MSADataModule
+from msathinker.checkpoints import AtomicCheckpointIO
 from msathinker.tracking import default_tracking_uri
 
 
@@ -58,13 +62,25 @@ class SaveConfigToRun(SaveConfigCallback):
 
 class MSACLI(LightningCLI):
     """LightningCLI whose model and data are given by class_path/init_args. The model's checkpoint also picks the
-    processor the DataModule uses, and its prediction_scale the range the prompt states."""
+    processor the DataModule uses, and its prediction_scale the range the prompt states.
+
+    The Trainer it builds also gets, unless the config gives its own:
+    - `msathinker.checkpoints.AtomicCheckpointIO` as its checkpoint writer (no half-written checkpoint file after a
+      kill), unless `trainer.plugins` names a CheckpointIO.
+    """
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.init_args.policy.model_path", "data.init_args.processor_path")
         parser.link_arguments("model.init_args.prediction_scale", "data.init_args.prompt_scale")
         parser.add_lightning_class_args(CompletionsTable, "completions_table")
         parser.add_lightning_class_args(ExportAdapter, "export_adapter")
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Any:
+        plugins = config.get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            config["plugins"] = [*plugins, AtomicCheckpointIO()]
+        return super()._instantiate_trainer(config, callbacks)
 
 
 def cli_kwargs() -> dict:

@@ -1,0 +1,78 @@
+"""Checkpoint files survive a kill during their write: AtomicCheckpointIO, installed by the CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from msathinker.checkpoints import AtomicCheckpointIO
+from tests.toy_training import ToyRegression, saved_step, toy_trainer
+
+REPO = Path(__file__).resolve().parents[1]
+KILLS = 10
+
+
+def test_save_replaces_whole_files_and_clears_torn_ones(tmp_path):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "ckpt" / "last.ckpt"
+    io.save_checkpoint({"global_step": 1, "w": torch.ones(3)}, path)
+    torn = path.with_name(".last.ckpt.0123456789ab.tmp")  # what a killed save leaves
+    torn.write_bytes(b"PK\x03\x04 half a zip")
+    io.save_checkpoint({"global_step": 2, "w": torch.zeros(3)}, path)
+    assert torch.load(path, weights_only=True)["global_step"] == 2
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's 0600
+    with pytest.raises(Exception, match=r"pickle|Can't"):  # a save that fails leaves the previous file
+        io.save_checkpoint({"global_step": 3, "bad": lambda: 0}, path)
+    assert torch.load(path, weights_only=True)["global_step"] == 2
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
+
+
+def test_kill_during_save_always_leaves_a_checkpoint_to_resume(tmp_path):
+    """10 runs killed with SIGKILL halfway through writing last.ckpt, each resumed with ckpt_path="last": each
+    resume loads the checkpoint of the step before and saves the next; the 11th run trains to the end."""
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.toy_training", "kill-during-save", str(tmp_path), str(KILLS)],
+        cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = json.loads(result.stdout.strip().splitlines()[-1])
+    for run in runs[:KILLS]:
+        assert run["signal"] == signal.SIGKILL, run
+        assert run["saved_step"] == run["resumed_from"] + 1 == run["run"] + 1, run  # loaded, trained, saved
+        assert len(run["torn_files"]) == 1, run  # killed in the middle of the second save
+    final = runs[KILLS]
+    assert final["exit_code"] == 0 and final["resumed_from"] == KILLS and final["saved_step"] == KILLS + 2
+    assert final["torn_files"] == []  # the first save after a kill clears the torn file
+    assert saved_step(tmp_path / "checkpoints" / "last.ckpt") == KILLS + 2
+
+
+def test_trainer_resumes_from_an_atomic_checkpoint(tmp_path):
+    toy_trainer(tmp_path, 3).fit(ToyRegression())
+    trainer = toy_trainer(tmp_path, 5)
+    trainer.fit(ToyRegression(), ckpt_path="last")
+    assert trainer.global_step == 5 and saved_step(tmp_path / "checkpoints" / "last.ckpt") == 5
+
+
+def test_cli_installs_the_atomic_writer_unless_the_config_names_one(tiny_model, tmp_path):
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    from msathinker.cli import MSACLI, cli_kwargs
+
+    args = ["--config", str(REPO / "experiments/quickstart/sft.yaml"), "--model.init_args.policy.model_path",
+            tiny_model, "--trainer.logger", "false", "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
+    cli = MSACLI(**cli_kwargs(), run=False, args=args)
+    assert type(cli.trainer.strategy.checkpoint_io) is AtomicCheckpointIO
+    own = MSACLI(
+        **cli_kwargs(), run=False, args=[*args, "--trainer.plugins", "lightning.pytorch.plugins.TorchCheckpointIO"]
+    )
+    assert type(own.trainer.strategy.checkpoint_io) is TorchCheckpointIO
