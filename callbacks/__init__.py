@@ -2,6 +2,7 @@
 
 from callbacks.artifacts import CompletionsTable, ExportAdapter, RolloutTable
 from callbacks.hints import HintStrategy, NoHint, PolarityHint
+from callbacks.progress import LineProgressBar, ProgressOptions, TerminalProgressBar
 from callbacks.rewards import FormatReward, PolarityReward, Reward, RewardInput, ScoreReward
 
 __all__ = [
@@ -9,11 +10,14 @@ __all__ = [
     "ExportAdapter",
     "FormatReward",
     "HintStrategy",
+    "LineProgressBar",
     "NoHint",
     "PolarityHint",
     "PolarityReward",
+    "ProgressOptions",
     "Reward",
     "RewardInput",
     "RolloutTable",
     "ScoreReward",
+    "TerminalProgressBar",
 ]
