@@ -1,9 +1,11 @@
-"""Checkpoint files survive a kill during their write: AtomicCheckpointIO, installed by the CLI."""
+"""Checkpoints survive a kill during their write: AtomicCheckpointIO (files, installed by the CLI) and
+msathinker.sharding.ModelParallelStrategy (FSDP2 checkpoint directories)."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from msathinker.checkpoints import AtomicCheckpointIO
+from msathinker import checkpoints
+from msathinker.checkpoints import AtomicCheckpointIO, replace_directory
 from tests.toy_training import ToyRegression, saved_step, toy_trainer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,13 +40,14 @@ def test_save_replaces_whole_files_and_clears_torn_ones(tmp_path):
     assert sorted(p.name for p in path.parent.iterdir()) == ["last.ckpt"]
 
 
-def test_kill_during_save_always_leaves_a_checkpoint_to_resume(tmp_path):
-    """10 runs killed with SIGKILL halfway through writing last.ckpt, each resumed with ckpt_path="last": each
-    resume loads the checkpoint of the step before and saves the next; the 11th run trains to the end."""
-    result = subprocess.run(
-        [sys.executable, "-m", "tests.toy_training", "kill-during-save", str(tmp_path), str(KILLS)],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+@pytest.mark.parametrize("kind", ["file", "fsdp2"])
+def test_kill_during_save_always_leaves_a_checkpoint_to_resume(tmp_path, kind):
+    """10 runs killed with SIGKILL in the middle of saving last.ckpt (a file: halfway through writing it; FSDP2: its
+    directory written beside it, not yet swapped in), each resumed with ckpt_path="last": each resume loads the
+    checkpoint of the step before and saves the next; the 11th run trains to the end."""
+    command = [sys.executable, "-m", "tests.toy_training", "kill-during-save", str(tmp_path), str(KILLS)]
+    result = subprocess.run([*command, *(["fsdp2"] if kind == "fsdp2" else [])], cwd=REPO, capture_output=True,
+                            text=True, timeout=600)  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     runs = json.loads(result.stdout.strip().splitlines()[-1])
     for run in runs[:KILLS]:
@@ -53,7 +57,31 @@ def test_kill_during_save_always_leaves_a_checkpoint_to_resume(tmp_path):
     final = runs[KILLS]
     assert final["exit_code"] == 0 and final["resumed_from"] == KILLS and final["saved_step"] == KILLS + 2
     assert final["torn_files"] == []  # the first save after a kill clears the torn file
-    assert saved_step(tmp_path / "checkpoints" / "last.ckpt") == KILLS + 2
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert saved_step(last) == KILLS + 2 and last.is_dir() == (kind == "fsdp2")
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_replace_directory(tmp_path, monkeypatch, exchange):
+    """A new checkpoint directory takes the place of nothing, of the previous directory, or of a file: by an
+    atomic exchange (Linux) or, where the system has none, by two renames. Nothing else is left."""
+    if not exchange:
+        monkeypatch.setattr(checkpoints, "_exchange", lambda first, second: False)
+    target = tmp_path / "last.ckpt"
+
+    def written(step: int) -> Path:
+        directory = tmp_path / f".last.ckpt.{step}.tmp"
+        directory.mkdir()
+        (directory / "meta.pt").write_text(str(step))
+        return directory
+
+    replace_directory(written(1), target)
+    replace_directory(written(2), target)
+    assert (target / "meta.pt").read_text() == "2" and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+    shutil.rmtree(target)
+    target.write_bytes(b"a checkpoint file")
+    replace_directory(written(3), target)
+    assert (target / "meta.pt").read_text() == "3" and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
 
 def test_trainer_resumes_from_an_atomic_checkpoint(tmp_path):

@@ -83,7 +83,7 @@ def test_gpu_recipes_compose_on_their_base(stage):
     assert fsdp.returncode == 0, fsdp.stderr[-2000:]
     trainer = yaml.safe_load(fsdp.stdout)["trainer"]
     assert trainer["devices"] == 8 and trainer["precision"] == "bf16-true"
-    assert trainer["strategy"]["class_path"] == "lightning.pytorch.strategies.ModelParallelStrategy"
+    assert trainer["strategy"]["class_path"] == "msathinker.sharding.ModelParallelStrategy"
     assert trainer["strategy"]["init_args"]["data_parallel_size"] == 8
     qlora = run("fit", "--config", base, "--config", f"{recipe}_1gpu_qlora.yaml", "--print_config")
     assert qlora.returncode == 0, qlora.stderr[-2000:]

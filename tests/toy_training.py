@@ -1,7 +1,7 @@
 """A minimal LightningModule for the tests of generic training machinery (checkpoint writing, the hang watchdog,
 progress lines), and the process drivers that must run outside pytest:
 
-    python -m tests.toy_training kill-during-save ROOT KILLS   # kill -9 a fit KILLS times during a save
+    python -m tests.toy_training kill-during-save ROOT KILLS [fsdp2]   # kill -9 a fit KILLS times during a save
     python -m tests.toy_training hang ROOT                     # a fit whose step 6 hangs, under HangWatchdog
 """
 
@@ -21,6 +21,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.utils.data import DataLoader, TensorDataset
 
 from msathinker.checkpoints import WRITE_DELAY_ENV, AtomicCheckpointIO
+from msathinker.sharding import ModelParallelStrategy
 
 
 class ToyRegression(L.LightningModule):
@@ -43,6 +44,12 @@ class ToyRegression(L.LightningModule):
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.SGD(self.parameters(), lr=0.05)
 
+    def configure_model(self) -> None:
+        if self.device_mesh is not None:  # ModelParallelStrategy: FSDP2, as the thinker is sharded
+            from torch.distributed.fsdp import fully_shard
+
+            fully_shard(self.layer, mesh=self.device_mesh["data_parallel"])
+
     def train_dataloader(self) -> DataLoader:
         generator = torch.Generator().manual_seed(0)
         x = torch.randn(64, 8, generator=generator)
@@ -62,15 +69,18 @@ def toy_trainer(
 
 
 def saved_step(path: Path) -> int:
-    """The global step of a checkpoint, loaded as a resume would (weights_only)."""
-    return torch.load(path, weights_only=True)["global_step"]
+    """The global step of a checkpoint file or distributed checkpoint directory, loaded as a resume would
+    (weights_only)."""
+    return torch.load(path / "meta.pt" if path.is_dir() else path, weights_only=True)["global_step"]
 
 
-def kill_during_save(root: Path, kills: int, delay: float = 0.5) -> list[dict]:
+def kill_during_save(root: Path, kills: int, fsdp2: bool = False, delay: float = 0.5) -> list[dict]:
     """Run a fit KILLS + 1 times, each resuming from last.ckpt. Runs 1..KILLS are killed with SIGKILL during their
-    second checkpoint save (halfway through writing it: WRITE_DELAY_ENV pauses there), so each completes one
-    step and one save; the last run is not killed and trains to the end. Returns one record per run: the step it
-    resumed from, the step in last.ckpt afterwards, the exit status, and the temporary files left.
+    second checkpoint save (WRITE_DELAY_ENV pauses there: halfway through writing the file, or, with `fsdp2`
+    (msathinker.sharding.ModelParallelStrategy, one process), with the distributed checkpoint written beside
+    last.ckpt and not yet swapped in), so each completes one step and one save; the last run is not killed and
+    trains to the end. Returns one record per run: the step it resumed from, the step in last.ckpt afterwards,
+    the exit status, and the temporary files or directories left.
 
     Each run is a fork of this process (which imported torch and Lightning once, and ran no parallel torch op):
     starting a fresh interpreter per run would take most of the test's time."""
@@ -87,7 +97,9 @@ def kill_during_save(root: Path, kills: int, delay: float = 0.5) -> list[dict]:
             status = 1
             try:
                 torch.set_num_threads(1)
-                toy_trainer(root, max_steps).fit(ToyRegression(), ckpt_path="last" if last.exists() else None)
+                strategy = ModelParallelStrategy(data_parallel_size=1, tensor_parallel_size=1) if fsdp2 else "auto"
+                trainer = toy_trainer(root, max_steps, strategy=strategy)
+                trainer.fit(ToyRegression(), ckpt_path="last" if last.exists() else None)
                 status = 0
             finally:
                 os._exit(status)
@@ -126,6 +138,6 @@ def hang(root: Path) -> None:
 if __name__ == "__main__":
     command, root = sys.argv[1], Path(sys.argv[2])
     if command == "kill-during-save":
-        print(json.dumps(kill_during_save(root, int(sys.argv[3]))))
+        print(json.dumps(kill_during_save(root, int(sys.argv[3]), fsdp2=sys.argv[4:] == ["fsdp2"])))
     elif command == "hang":
         hang(root)
