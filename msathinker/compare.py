@@ -51,12 +51,13 @@ CURVES = ("train/reward", "train/hint_rate", "train/frac_reward_zero_std", "trai
 BAR_METRICS = ("MAE", "Corr", "Non0_acc_2", "Mult_acc_2", "polarity_acc", "format_rate")
 METRIC_ORDER = ("test/", "val/", "train/")
 FORMATS = ("text", "markdown", "csv", "json")
-LABEL_WIDTH = 48
+LABEL_WIDTH = 50
 """Widest row label (param or metric name) of the text view; a longer one wraps."""
 VALUE_WIDTH = 32
 """Widest run column of the text view; a longer value (a path) wraps inside its cell."""
 VALUE_MIN_WIDTH = 12
-"""The narrowest run column a long label leaves (the label wraps first)."""
+"""The narrowest run column: the text view narrows its columns down to this to show all runs side by side, and a
+long label leaves at least this much (the label wraps first)."""
 MIN_WIDTH = 40
 """The narrowest text view: a label and one run column."""
 LEGACY_PATH = re.compile(r"Path_\w+\((.*?), cwd=[^)]*\)")
@@ -190,9 +191,10 @@ def _cell(value: object) -> str:
 
 def text_table(runs: pd.DataFrame, metric_patterns: list[str] | None = None, width: int = 120) -> str:
     """The comparison table turned for reading: one column per run (headed by its name), rows id, parent, status,
-    then the differing params, then the final metrics, with a rule between the three groups. The runs that do not
-    fit in `width` characters go to further blocks, each repeating the row names; no line is longer than `width`.
-    Long names and values (paths) wrap inside their cell instead of widening the table."""
+    then the differing params, then the final metrics, with a rule between the three groups. Long names and values
+    (paths) wrap inside their cell instead of widening the table: the run columns are narrowed (from VALUE_WIDTH
+    down to VALUE_MIN_WIDTH characters) until all runs fit side by side in `width` characters; when even that is
+    too wide, the runs go to blocks that fit, each repeating the row names. No line is longer than `width`."""
     from rich import box
     from rich.console import Console
     from rich.table import Table
@@ -206,8 +208,13 @@ def text_table(runs: pd.DataFrame, metric_patterns: list[str] | None = None, wid
     names = [_cell(v) for v in head["run"]]
     rows = [row for group in groups for row in group]
     label_width = min(max(len(label) for label, _ in rows), LABEL_WIDTH, width - 3 - VALUE_MIN_WIDTH)
-    value_width = min(VALUE_WIDTH, width - label_width - 3)  # 3: the column rule " │ "
-    widths = [min(max(len(name), *(len(cells[j]) for _, cells in rows)), value_width) for j, name in enumerate(names)]
+    natural = [max(len(name), *(len(cells[j]) for _, cells in rows)) for j, name in enumerate(names)]
+    for value_width in range(min(VALUE_WIDTH, width - label_width - 3), VALUE_MIN_WIDTH - 1, -1):
+        widths = [min(n, value_width) for n in natural]
+        if label_width + sum(3 + w for w in widths) <= width:  # 3: the column rule " │ "
+            break
+    else:
+        widths = [min(n, VALUE_WIDTH, width - label_width - 3) for n in natural]
     blocks, used = [[]], label_width
     for j, column_width in enumerate(widths):
         if blocks[-1] and used + 3 + column_width > width:
