@@ -19,7 +19,9 @@ from msathinker.progress import ProgressLines
 
 @dataclasses.dataclass(frozen=True)
 class ProgressOptions:
-    """How the CLI shows progress (the `progress` section of a config)."""
+    """How the CLI shows progress (the `progress` section of a config): Rich's bar on a terminal; when stdout is not
+    a terminal (nohup, SLURM, CI logs), one line every `every_n_steps` training steps and validation/test batches
+    with the step, the `metrics`, it/s and the ETA."""
 
     every_n_steps: int = 10
     """When stdout is not a terminal: one line every N training steps (and every N validation/test/predict
