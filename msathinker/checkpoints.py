@@ -148,18 +148,19 @@ def replace_directory(written: Path, target: Path) -> None:
 
     With no target it is one rename. Otherwise the two are exchanged atomically where the system can (Linux,
     local filesystems), so `target` is at every moment the old or the new checkpoint, and the old one (now at
-    `written`) is deleted. Elsewhere the old target is first renamed to `.<name>.old.tmp`: a kill between the two
-    renames leaves no `target` (`--ckpt_path last` then starts over; the old checkpoint is complete at
-    `.<name>.old.tmp` and `--ckpt_path` can name it).
+    `written`) is deleted. Elsewhere (a filesystem without the exchange, e.g. NFS) the old target is first renamed
+    to `<stem>.old<suffix>` (last.old.ckpt): a kill between the two renames leaves it as the only complete
+    checkpoint, which `--ckpt_path last` finds (it matches last*.ckpt); the next save deletes it.
     """
+    aside = target.with_name(f"{target.stem}.old{target.suffix}")
     if not os.path.lexists(target):
         os.rename(written, target)
     elif _exchange(written, target):
         _remove(written)
     else:
-        aside = target.with_name(f".{target.name}.old.tmp")
         os.rename(target, aside)
         os.rename(written, target)
+    if os.path.lexists(aside):
         _remove(aside)
     fsync_directory(target.parent)
 

@@ -64,7 +64,8 @@ def test_kill_during_save_always_leaves_a_checkpoint_to_resume(tmp_path, kind):
 @pytest.mark.parametrize("exchange", [True, False])
 def test_replace_directory(tmp_path, monkeypatch, exchange):
     """A new checkpoint directory takes the place of nothing, of the previous directory, or of a file: by an
-    atomic exchange (Linux) or, where the system has none, by two renames. Nothing else is left."""
+    atomic exchange (Linux) or, where the system has none, by two renames. Nothing else is left, not even the old
+    checkpoint a kill between those two renames leaves (as last.old.ckpt, which --ckpt_path last finds)."""
     if not exchange:
         monkeypatch.setattr(checkpoints, "_exchange", lambda first, second: False)
     target = tmp_path / "last.ckpt"
@@ -82,6 +83,9 @@ def test_replace_directory(tmp_path, monkeypatch, exchange):
     target.write_bytes(b"a checkpoint file")
     replace_directory(written(3), target)
     assert (target / "meta.pt").read_text() == "3" and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+    target.rename(tmp_path / "last.old.ckpt")  # killed between the two renames
+    replace_directory(written(4), target)
+    assert (target / "meta.pt").read_text() == "4" and [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
 
 def test_trainer_resumes_from_an_atomic_checkpoint(tmp_path):
