@@ -109,6 +109,7 @@ def compare(
     run_name_contains: str | None = None,
     format: Literal["text", "markdown", "csv", "json"] = "text",
     width: int | None = None,
+    params: list[str] | None = None,
 ) -> None:
     """Print a table of an MLflow experiment's runs (differing params, final metrics) and write a PNG plot.
 
@@ -130,10 +131,12 @@ def compare(
             markdown, csv and json stdout holds only the table; the summary line and the plot's path go to stderr.
         width: the text table's width in characters (at least 40); default: the terminal's width, 120 when stdout
             is not a terminal.
+        params: show only the differing params matching one of these globs, one per --params+ (e.g.
+            --params+ 'model.init_args.hint.*' --params+ '*.lr'); default all.
     """
     from msathinker.compare import main
 
-    main(experiment, tracking_uri, out, metrics, run_name_contains, format, width)
+    main(experiment, tracking_uri, out, metrics, run_name_contains, format, width, params)
 
 
 COMMANDS = {

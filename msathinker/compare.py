@@ -135,16 +135,23 @@ def load_runs(experiment: str, tracking_uri: str, run_name_contains: str | None 
     return frame.dropna(axis=1, how="all")  # the params and metrics of runs filtered out
 
 
-def differing_params(runs: pd.DataFrame) -> list[str]:
+def _matching(name: str, patterns: list[str] | None) -> bool:
+    """Whether `name` matches one of the shell-style globs (any name, without globs)."""
+    return not patterns or any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def differing_params(runs: pd.DataFrame, patterns: list[str] | None = None) -> list[str]:
     """Names (sorted, without "params.") of the parameters that differ between the runs; see the module docstring
-    for the rule."""
+    for the rule. `patterns`: only those matching one of these shell-style globs (e.g. `model.init_args.hint.*`)."""
     columns = sorted(c for c in runs.columns if c.startswith("params."))
     sections = [re.split(r"[./]", c.removeprefix("params."))[0] for c in columns]
     logged = runs[columns].notna().T.groupby(sections).any().T  # runs x section: logged anything in it
     return [
         c.removeprefix("params.")
         for c, section in zip(columns, sections, strict=True)
-        if re.split(r"[./]", c)[-1] not in OUTPUT_PARAMS and runs.loc[logged[section], c].nunique(dropna=False) > 1
+        if re.split(r"[./]", c)[-1] not in OUTPUT_PARAMS
+        and _matching(c.removeprefix("params."), patterns)
+        and runs.loc[logged[section], c].nunique(dropna=False) > 1
     ]
 
 
@@ -159,26 +166,30 @@ def final_metrics(runs: pd.DataFrame, patterns: list[str] | None = None) -> pd.D
     per run. `patterns` are shell-style globs matched against the whole name (`test/*`, `*/MAE`,
     `train/reward`); by default every metric but `epoch`."""
     names = [c.removeprefix("metrics.") for c in runs.columns if c.startswith("metrics.")]
-    names = [n for n in names if n != "epoch" and (not patterns or any(fnmatch.fnmatchcase(n, p) for p in patterns))]
+    names = [n for n in names if n != "epoch" and _matching(n, patterns)]
     names.sort(key=_metric_key)
     return runs[[f"metrics.{n}" for n in names]].set_axis(names, axis=1)
 
 
 def _table_parts(
-    runs: pd.DataFrame, metric_patterns: list[str] | None
+    runs: pd.DataFrame, metric_patterns: list[str] | None, param_patterns: list[str] | None
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """The three column groups of the comparison table: run, id, parent (only when some run is nested), status;
     the differing params; the final metrics."""
     columns = ["run", "id", *(["parent"] if runs["parent"].astype(bool).any() else []), "status"]
     head = runs.assign(id=runs["run_id"].str[:8])[columns]
-    params = runs[[f"params.{p}" for p in differing_params(runs)]].rename(columns=lambda c: c.removeprefix("params."))
+    shown = differing_params(runs, param_patterns)
+    params = runs[[f"params.{p}" for p in shown]].rename(columns=lambda c: c.removeprefix("params."))
     return head, params, final_metrics(runs, metric_patterns)
 
 
-def comparison_table(runs: pd.DataFrame, metric_patterns: list[str] | None = None) -> pd.DataFrame:
+def comparison_table(
+    runs: pd.DataFrame, metric_patterns: list[str] | None = None, param_patterns: list[str] | None = None
+) -> pd.DataFrame:
     """One row per run: run (name), id (first 8 characters, since fit and test of a config are two runs of the same
-    name), parent (only when some run is nested), status, the differing parameters, the final metrics."""
-    head, params, metrics = _table_parts(runs, metric_patterns)
+    name), parent (only when some run is nested), status, the differing parameters, the final metrics (each kept
+    to those matching the globs, when given)."""
+    head, params, metrics = _table_parts(runs, metric_patterns, param_patterns)
     return head.join(params).join(metrics).reset_index(drop=True)
 
 
@@ -189,7 +200,12 @@ def _cell(value: object) -> str:
     return str(value)
 
 
-def text_table(runs: pd.DataFrame, metric_patterns: list[str] | None = None, width: int = 120) -> str:
+def text_table(
+    runs: pd.DataFrame,
+    metric_patterns: list[str] | None = None,
+    width: int = 120,
+    param_patterns: list[str] | None = None,
+) -> str:
     """The comparison table turned for reading: one column per run (headed by its name), rows id, parent, status,
     then the differing params, then the final metrics, with a rule between the three groups. Long names and values
     (paths) wrap inside their cell instead of widening the table: the run columns are narrowed (from VALUE_WIDTH
@@ -201,7 +217,7 @@ def text_table(runs: pd.DataFrame, metric_patterns: list[str] | None = None, wid
 
     if width < MIN_WIDTH:
         raise ValueError(f"--width {width} is too narrow for the table; give at least {MIN_WIDTH}")
-    head, params, metrics = _table_parts(runs, metric_patterns)
+    head, params, metrics = _table_parts(runs, metric_patterns, param_patterns)
     groups = [
         [(c, [_cell(v) for v in part[c]]) for c in part.columns if c != "run"] for part in (head, params, metrics)
     ]
@@ -238,27 +254,34 @@ def text_table(runs: pd.DataFrame, metric_patterns: list[str] | None = None, wid
     return "\n".join(line.rstrip() for line in text.getvalue().splitlines())
 
 
-def markdown_table(runs: pd.DataFrame, metric_patterns: list[str] | None = None) -> str:
+def markdown_table(
+    runs: pd.DataFrame, metric_patterns: list[str] | None = None, param_patterns: list[str] | None = None
+) -> str:
     """The comparison table in Markdown (one row per run), for a paper or a README."""
-    table = comparison_table(runs, metric_patterns)
+    table = comparison_table(runs, metric_patterns, param_patterns)
     lines = [list(table.columns), ["---"] * len(table.columns)]
     lines += [[_cell(v) for v in row] for row in table.itertuples(index=False)]
     return "\n".join("| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |" for line in lines)
 
 
-def csv_table(runs: pd.DataFrame, metric_patterns: list[str] | None = None) -> str:
+def csv_table(
+    runs: pd.DataFrame, metric_patterns: list[str] | None = None, param_patterns: list[str] | None = None
+) -> str:
     """The comparison table as CSV for scripts: one row per run, the full run id, full-precision metrics, empty
     cells for what a run did not log."""
-    table = comparison_table(runs, metric_patterns).assign(id=runs["run_id"]).rename(columns={"id": "run_id"})
+    table = comparison_table(runs, metric_patterns, param_patterns)
+    table = table.assign(id=runs["run_id"]).rename(columns={"id": "run_id"})
     return table.to_csv(index=False)
 
 
-def json_records(runs: pd.DataFrame, metric_patterns: list[str] | None = None) -> str:
+def json_records(
+    runs: pd.DataFrame, metric_patterns: list[str] | None = None, param_patterns: list[str] | None = None
+) -> str:
     """One JSON object per run: run, run_id, parent, status, start_time (ISO 8601, UTC), params (the differing
     ones, as logged: strings) and metrics (final values); what a run did not log is absent."""
     import pandas as pd
 
-    params = differing_params(runs)
+    params = differing_params(runs, param_patterns)
     metrics = final_metrics(runs, metric_patterns)
     records = [
         {
@@ -336,6 +359,7 @@ def main(
     run_name_contains: str | None,
     format: str = "text",
     width: int | None = None,
+    params: list[str] | None = None,
 ) -> None:
     """The `compare` command (options documented in msathinker.commands.compare): print the table, write the plot.
     A missing or unknown experiment or tracking database, or a bad --format or --width, exits with the reason (and
@@ -352,9 +376,9 @@ def main(
         runs = load_runs(experiment, tracking_uri, run_name_contains)
         if format == "text":
             width = width or (shutil.get_terminal_size().columns if sys.stdout.isatty() else 120)
-            table = text_table(runs, metrics, width)
+            table = text_table(runs, metrics, width, params)
         else:
-            table = {"markdown": markdown_table, "csv": csv_table, "json": json_records}[format](runs, metrics)
+            table = {"markdown": markdown_table, "csv": csv_table, "json": json_records}[format](runs, metrics, params)
     except ValueError as exc:
         raise SystemExit(f"compare: {exc}") from exc
     notes = sys.stdout if format == "text" else sys.stderr

@@ -253,6 +253,19 @@ def test_text_view_fits_the_width_in_blocks_of_runs(tracking, width):
     assert sum(line.startswith("test/demo_mosi/MAE ") for line in lines) == len(headers)  # the names in each block
 
 
+def test_param_globs_keep_the_differing_params_they_match(tracking):
+    """For a paper: the runs, the one param that matters and a few metrics. The globs pick among the differing
+    params; a param equal in every run stays out even when it matches."""
+    from msathinker.compare import comparison_table, differing_params, load_runs, markdown_table
+
+    runs = load_runs(EXPERIMENT, tracking)
+    assert differing_params(runs, ["*.use", "trainer.*"]) == ["model.init_args.hint.init_args.use"]
+    table = comparison_table(runs, ["test/*/MAE"], ["*.use", "*.lr"])
+    assert table.columns.tolist() == ["run", "id", "parent", "status", "model.init_args.hint.init_args.use",
+                                      "model.init_args.optimizer.init_args.lr", "test/demo_mosi/MAE"]  # fmt: skip
+    assert markdown_table(runs, ["test/*/MAE"], ["*.use"]).splitlines()[4].endswith("| FINISHED | mix | 0.4 |")
+
+
 def test_markdown_csv_and_json(tracking):
     import io
     import json
