@@ -87,7 +87,8 @@ class HangWatchdog(L.Callback):
         self._thread: threading.Thread | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if self.on_hang == "checkpoint_and_exit" and not isinstance(trainer.checkpoint_callback, ModelCheckpoint):
+        needs_checkpoint = stage == "fit" and self.on_hang == "checkpoint_and_exit"
+        if needs_checkpoint and not isinstance(trainer.checkpoint_callback, ModelCheckpoint):
             raise ValueError(
                 "HangWatchdog(on_hang=checkpoint_and_exit) saves to the ModelCheckpoint callback's last.ckpt, and "
                 "this trainer has none: add a lightning.pytorch.callbacks.ModelCheckpoint to trainer.callbacks, "
