@@ -2,24 +2,46 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
+from jsonargparse import Path as ConfigPath
+from lightning.pytorch.callbacks import Callback, ProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.plugins.io import CheckpointIO
 
-from callbacks import CompletionsTable, ExportAdapter
+from callbacks import CompletionsTable, ExportAdapter, ProgressOptions
+from callbacks.progress import default_progress_bar
 from data_modules import MSADataModule
+from msathinker.checkpoints import AtomicCheckpointIO
 from msathinker.tracking import default_tracking_uri
 
 
-def _flatten(tree: dict, prefix: str = "") -> dict[str, object]:
+def _param_value(value: object) -> object:
+    """A config value as an MLflow parameter shows it: a path as the path given (jsonargparse's Path objects would
+    show as `Path_fsr(<path>, cwd=...)`), a list or tuple as JSON (the form `--key value` takes), the rest as is."""
+    if isinstance(value, ConfigPath):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return json.dumps([_param_value(v) for v in value])
+    return value
+
+
+def _flatten(tree: dict, prefix: str = "", separator: str = ".") -> dict[str, object]:
+    """One parameter per leaf of the config: dotted names (model.init_args.policy.lora.r); a list of dicts (the
+    trainer's callbacks) is numbered with "/" as Lightning names it (trainer.callbacks/0/init_args/dirpath)."""
     flat: dict[str, object] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"
         if isinstance(value, dict) and value:
-            flat.update(_flatten(value, f"{name}."))
+            flat.update(_flatten(value, f"{name}{separator}", separator))
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            for i, item in enumerate(value):
+                flat.update(_flatten(item, f"{name}/{i}/", "/"))
         else:
-            flat[name] = value
+            flat[name] = _param_value(value)
     return flat
 
 
@@ -41,13 +63,33 @@ class SaveConfigToRun(SaveConfigCallback):
 
 class MSACLI(LightningCLI):
     """LightningCLI whose model and data are given by class_path/init_args. The model's checkpoint also picks the
-    processor the DataModule uses, and its prediction_scale the range the prompt states."""
+    processor the DataModule uses, and its prediction_scale the range the prompt states.
+
+    The Trainer it builds also gets, unless the config gives its own:
+    - a progress bar (`callbacks.progress.default_progress_bar`): Rich's bar on a terminal, a plain line every
+      `progress.every_n_steps` steps when stdout is not a terminal (a log file); none with
+      `trainer.enable_progress_bar: false`;
+    - `msathinker.checkpoints.AtomicCheckpointIO` as its checkpoint writer (no half-written checkpoint file after a
+      kill), unless `trainer.plugins` names a CheckpointIO.
+    """
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.init_args.policy.model_path", "data.init_args.processor_path")
         parser.link_arguments("model.init_args.prediction_scale", "data.init_args.prompt_scale")
         parser.add_lightning_class_args(CompletionsTable, "completions_table")
         parser.add_lightning_class_args(ExportAdapter, "export_adapter")
+        parser.add_class_arguments(ProgressOptions, "progress")
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Any:
+        given = config.get("callbacks") or []
+        given = [*(given if isinstance(given, list) else [given]), *callbacks]
+        if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in given):
+            callbacks = [*callbacks, default_progress_bar(self._get(self.config_init, "progress"))]
+        plugins = config.get("plugins") or []
+        plugins = plugins if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            config["plugins"] = [*plugins, AtomicCheckpointIO()]
+        return super()._instantiate_trainer(config, callbacks)
 
 
 def cli_kwargs() -> dict:

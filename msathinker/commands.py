@@ -175,6 +175,9 @@ def compare(
     out: str | None = None,
     metrics: list[str] | None = None,
     run_name_contains: str | None = None,
+    format: Literal["text", "markdown", "csv", "json"] = "text",
+    width: int | None = None,
+    params: list[str] | None = None,
 ) -> None:
     """Print a table of an MLflow experiment's runs (differing params, final metrics) and write a PNG plot.
 
@@ -190,10 +193,18 @@ def compare(
         metrics: table only the metrics matching one of these globs, one per --metrics+ (e.g.
             --metrics+ 'test/*' --metrics+ train/reward); default all but epoch.
         run_name_contains: keep only the runs whose name contains this.
+        format: "text" (runs in columns, rows the differing params then the metrics, in blocks that fit --width),
+            "markdown" (one row per run, for a paper or a README), "csv" (one row per run with the full run id, for
+            scripts) or "json" (one object per run: run, run_id, parent, status, start_time, params, metrics). With
+            markdown, csv and json stdout holds only the table; the summary line and the plot's path go to stderr.
+        width: the text table's width in characters (at least 40); default: the terminal's width, 120 when stdout
+            is not a terminal.
+        params: show only the differing params matching one of these globs, one per --params+ (e.g.
+            --params+ 'model.init_args.hint.*' --params+ '*.lr'); default all.
     """
     from msathinker.compare import main
 
-    main(experiment, tracking_uri, out, metrics, run_name_contains)
+    main(experiment, tracking_uri, out, metrics, run_name_contains, format, width, params)
 
 
 COMMANDS = {

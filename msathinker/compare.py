@@ -16,13 +16,24 @@ once it is cut down to what tells the runs apart. The rules:
   latest logged): the end of a train/* curve, the last validation, the test result. `epoch` (Lightning's
   bookkeeping) is left out.
 
-Names keep their full dotted/slashed form, so a column can be pasted into a `--key value` override or an MLflow
+Names keep their full dotted/slashed form, so a row can be pasted into a `--key value` override or an MLflow
 filter string.
+
+Output formats (`--format`):
+- text (default): runs in columns, one row per differing param, then one per metric, in blocks of runs that fit
+  the terminal (`--width`; 120 characters when stdout is not a terminal); long values wrap inside their cell.
+- markdown: one row per run (for a paper or a README), the same columns as `comparison_table`.
+- csv: one row per run, the same columns with the full run id (for scripts; missing values are empty).
+- json: a list with one object per run: run, run_id, parent, status, start_time, params (the differing ones) and
+  metrics (final values); a param or metric the run did not log is absent.
 """
 
 from __future__ import annotations
 
 import fnmatch
+import io
+import json
+import math
 import re
 import shutil
 import sys
@@ -39,6 +50,18 @@ OUTPUT_PARAMS = frozenset(
 CURVES = ("train/reward", "train/hint_rate", "train/frac_reward_zero_std", "train/loss")
 BAR_METRICS = ("MAE", "Corr", "Non0_acc_2", "Mult_acc_2", "polarity_acc", "format_rate")
 METRIC_ORDER = ("test/", "val/", "train/")
+FORMATS = ("text", "markdown", "csv", "json")
+LABEL_WIDTH = 50
+"""Widest row label (param or metric name) of the text view; a longer one wraps."""
+VALUE_WIDTH = 32
+"""Widest run column of the text view; a longer value (a path) wraps inside its cell."""
+VALUE_MIN_WIDTH = 12
+"""The narrowest run column: the text view narrows its columns down to this to show all runs side by side, and a
+long label leaves at least this much (the label wraps first)."""
+MIN_WIDTH = 40
+"""The narrowest text view: a label and one run column."""
+LEGACY_PATH = re.compile(r"Path_\w+\((.*?), cwd=[^)]*\)")
+"""A jsonargparse path as runs logged before the config params were made plain show it: Path_fsr(<path>, cwd=...)."""
 
 
 def _client(tracking_uri: str) -> MlflowClient:
@@ -97,7 +120,7 @@ def load_runs(experiment: str, tracking_uri: str, run_name_contains: str | None 
                 "parent": names.get(parent, parent) if (parent := run.data.tags.get("mlflow.parentRunId")) else "",
                 "status": run.info.status,
                 "start_time": pd.Timestamp(run.info.start_time, unit="ms"),
-                **{f"params.{k}": v for k, v in run.data.params.items()},
+                **{f"params.{k}": LEGACY_PATH.sub(r"\1", v) for k, v in run.data.params.items()},
                 **{f"metrics.{k}": v for k, v in run.data.metrics.items()},
             }
             for run in runs
@@ -112,16 +135,23 @@ def load_runs(experiment: str, tracking_uri: str, run_name_contains: str | None 
     return frame.dropna(axis=1, how="all")  # the params and metrics of runs filtered out
 
 
-def differing_params(runs: pd.DataFrame) -> list[str]:
+def _matching(name: str, patterns: list[str] | None) -> bool:
+    """Whether `name` matches one of the shell-style globs (any name, without globs)."""
+    return not patterns or any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def differing_params(runs: pd.DataFrame, patterns: list[str] | None = None) -> list[str]:
     """Names (sorted, without "params.") of the parameters that differ between the runs; see the module docstring
-    for the rule."""
+    for the rule. `patterns`: only those matching one of these shell-style globs (e.g. `model.init_args.hint.*`)."""
     columns = sorted(c for c in runs.columns if c.startswith("params."))
     sections = [re.split(r"[./]", c.removeprefix("params."))[0] for c in columns]
     logged = runs[columns].notna().T.groupby(sections).any().T  # runs x section: logged anything in it
     return [
         c.removeprefix("params.")
         for c, section in zip(columns, sections, strict=True)
-        if re.split(r"[./]", c)[-1] not in OUTPUT_PARAMS and runs.loc[logged[section], c].nunique(dropna=False) > 1
+        if re.split(r"[./]", c)[-1] not in OUTPUT_PARAMS
+        and _matching(c.removeprefix("params."), patterns)
+        and runs.loc[logged[section], c].nunique(dropna=False) > 1
     ]
 
 
@@ -136,18 +166,136 @@ def final_metrics(runs: pd.DataFrame, patterns: list[str] | None = None) -> pd.D
     per run. `patterns` are shell-style globs matched against the whole name (`test/*`, `*/MAE`,
     `train/reward`); by default every metric but `epoch`."""
     names = [c.removeprefix("metrics.") for c in runs.columns if c.startswith("metrics.")]
-    names = [n for n in names if n != "epoch" and (not patterns or any(fnmatch.fnmatchcase(n, p) for p in patterns))]
+    names = [n for n in names if n != "epoch" and _matching(n, patterns)]
     names.sort(key=_metric_key)
     return runs[[f"metrics.{n}" for n in names]].set_axis(names, axis=1)
 
 
-def comparison_table(runs: pd.DataFrame, metric_patterns: list[str] | None = None) -> pd.DataFrame:
-    """One row per run: run (name), id (first 8 characters, since fit and test of a config are two runs of the same
-    name), parent (only when some run is nested), status, the differing parameters, the final metrics."""
+def _table_parts(
+    runs: pd.DataFrame, metric_patterns: list[str] | None, param_patterns: list[str] | None
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The three column groups of the comparison table: run, id, parent (only when some run is nested), status;
+    the differing params; the final metrics."""
     columns = ["run", "id", *(["parent"] if runs["parent"].astype(bool).any() else []), "status"]
     head = runs.assign(id=runs["run_id"].str[:8])[columns]
-    params = runs[[f"params.{p}" for p in differing_params(runs)]].rename(columns=lambda c: c.removeprefix("params."))
-    return head.join(params).join(final_metrics(runs, metric_patterns)).reset_index(drop=True)
+    shown = differing_params(runs, param_patterns)
+    params = runs[[f"params.{p}" for p in shown]].rename(columns=lambda c: c.removeprefix("params."))
+    return head, params, final_metrics(runs, metric_patterns)
+
+
+def comparison_table(
+    runs: pd.DataFrame, metric_patterns: list[str] | None = None, param_patterns: list[str] | None = None
+) -> pd.DataFrame:
+    """One row per run: run (name), id (first 8 characters, since fit and test of a config are two runs of the same
+    name), parent (only when some run is nested), status, the differing parameters, the final metrics (each kept
+    to those matching the globs, when given)."""
+    head, params, metrics = _table_parts(runs, metric_patterns, param_patterns)
+    return head.join(params).join(metrics).reset_index(drop=True)
+
+
+def _cell(value: object) -> str:
+    """A table cell: metrics to 4 significant digits, "-" for a value the run did not log."""
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def text_table(
+    runs: pd.DataFrame,
+    metric_patterns: list[str] | None = None,
+    width: int = 120,
+    param_patterns: list[str] | None = None,
+) -> str:
+    """The comparison table turned for reading: one column per run (headed by its name), rows id, parent, status,
+    then the differing params, then the final metrics, with a rule between the three groups. Long names and values
+    (paths) wrap inside their cell instead of widening the table: the run columns are narrowed (from VALUE_WIDTH
+    down to VALUE_MIN_WIDTH characters) until all runs fit side by side in `width` characters; when even that is
+    too wide, the runs go to blocks that fit, each repeating the row names. No line is longer than `width`."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    if width < MIN_WIDTH:
+        raise ValueError(f"--width {width} is too narrow for the table; give at least {MIN_WIDTH}")
+    head, params, metrics = _table_parts(runs, metric_patterns, param_patterns)
+    groups = [
+        [(c, [_cell(v) for v in part[c]]) for c in part.columns if c != "run"] for part in (head, params, metrics)
+    ]
+    names = [_cell(v) for v in head["run"]]
+    rows = [row for group in groups for row in group]
+    label_width = min(max(len(label) for label, _ in rows), LABEL_WIDTH, width - 3 - VALUE_MIN_WIDTH)
+    natural = [max(len(name), *(len(cells[j]) for _, cells in rows)) for j, name in enumerate(names)]
+    for value_width in range(min(VALUE_WIDTH, width - label_width - 3), VALUE_MIN_WIDTH - 1, -1):
+        widths = [min(n, value_width) for n in natural]
+        if label_width + sum(3 + w for w in widths) <= width:  # 3: the column rule " │ "
+            break
+    else:
+        widths = [min(n, VALUE_WIDTH, width - label_width - 3) for n in natural]
+    blocks, used = [[]], label_width
+    for j, column_width in enumerate(widths):
+        if blocks[-1] and used + 3 + column_width > width:
+            blocks.append([])
+            used = label_width
+        blocks[-1].append(j)
+        used += 3 + column_width
+    text = io.StringIO()
+    console = Console(file=text, width=width, color_system=None, highlight=False)
+    for k, block in enumerate(blocks):
+        table = Table(box=box.MINIMAL, show_edge=False, pad_edge=False)
+        table.add_column("run", width=label_width, overflow="fold")
+        for j in block:
+            table.add_column(names[j], width=widths[j], overflow="fold")
+        for group in groups:
+            for i, (label, cells) in enumerate(group):
+                table.add_row(label, *(cells[j] for j in block), end_section=i == len(group) - 1)
+        if k:
+            console.print()
+        console.print(table)
+    return "\n".join(line.rstrip() for line in text.getvalue().splitlines())
+
+
+def markdown_table(
+    runs: pd.DataFrame, metric_patterns: list[str] | None = None, param_patterns: list[str] | None = None
+) -> str:
+    """The comparison table in Markdown (one row per run), for a paper or a README."""
+    table = comparison_table(runs, metric_patterns, param_patterns)
+    lines = [list(table.columns), ["---"] * len(table.columns)]
+    lines += [[_cell(v) for v in row] for row in table.itertuples(index=False)]
+    return "\n".join("| " + " | ".join(cell.replace("|", "\\|") for cell in line) + " |" for line in lines)
+
+
+def csv_table(
+    runs: pd.DataFrame, metric_patterns: list[str] | None = None, param_patterns: list[str] | None = None
+) -> str:
+    """The comparison table as CSV for scripts: one row per run, the full run id, full-precision metrics, empty
+    cells for what a run did not log."""
+    table = comparison_table(runs, metric_patterns, param_patterns)
+    table = table.assign(id=runs["run_id"]).rename(columns={"id": "run_id"})
+    return table.to_csv(index=False)
+
+
+def json_records(
+    runs: pd.DataFrame, metric_patterns: list[str] | None = None, param_patterns: list[str] | None = None
+) -> str:
+    """One JSON object per run: run, run_id, parent, status, start_time (ISO 8601, UTC), params (the differing
+    ones, as logged: strings) and metrics (final values); what a run did not log is absent."""
+    import pandas as pd
+
+    params = differing_params(runs, param_patterns)
+    metrics = final_metrics(runs, metric_patterns)
+    records = [
+        {
+            "run": run["run"],
+            "run_id": run["run_id"],
+            "parent": run["parent"],
+            "status": run["status"],
+            "start_time": run["start_time"].tz_localize("UTC").isoformat(),
+            "params": {p: run[f"params.{p}"] for p in params if pd.notna(run[f"params.{p}"])},
+            "metrics": {m: float(v) for m, v in metrics.loc[i].items() if pd.notna(v)},
+        }
+        for i, run in runs.iterrows()
+    ]
+    return json.dumps(records, indent=2)
 
 
 def _labels(runs: pd.DataFrame) -> list[str]:
@@ -209,24 +357,34 @@ def main(
     out: str | None,
     metrics: list[str] | None,
     run_name_contains: str | None,
+    format: str = "text",
+    width: int | None = None,
+    params: list[str] | None = None,
 ) -> None:
     """The `compare` command (options documented in msathinker.commands.compare): print the table, write the plot.
-    A missing or unknown experiment or tracking database exits with the reason and the experiments that exist."""
+    A missing or unknown experiment or tracking database, or a bad --format or --width, exits with the reason (and
+    the experiments that exist). With --format text the summary and the plot's path go to stdout with the table;
+    with the other formats stdout holds only the table, and they go to stderr."""
     from msathinker.tracking import default_tracking_uri
 
     tracking_uri = tracking_uri or default_tracking_uri()
     try:
+        if format not in FORMATS:
+            raise ValueError(f"unknown --format {format!r}; choose one of {', '.join(FORMATS)}")
         if experiment is None:
             raise ValueError(f"give --experiment NAME; experiments at {tracking_uri}: {experiment_names(tracking_uri)}")
         runs = load_runs(experiment, tracking_uri, run_name_contains)
+        if format == "text":
+            width = width or (shutil.get_terminal_size().columns if sys.stdout.isatty() else 120)
+            table = text_table(runs, metrics, width, params)
+        else:
+            table = {"markdown": markdown_table, "csv": csv_table, "json": json_records}[format](runs, metrics, params)
     except ValueError as exc:
         raise SystemExit(f"compare: {exc}") from exc
+    notes = sys.stdout if format == "text" else sys.stderr
     differing, total = len(differing_params(runs)), sum(c.startswith("params.") for c in runs.columns)
-    print(f"experiment {experiment!r} at {tracking_uri}: {len(runs)} runs; {differing} of {total} params differ")
-    table = comparison_table(runs, metrics)
-    width = shutil.get_terminal_size().columns if sys.stdout.isatty() else None  # a terminal gets blocks of its width
-    print(
-        table.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.4g}", max_colwidth=60, line_width=width)
-    )
+    print(f"experiment {experiment!r} at {tracking_uri}: {len(runs)} runs; {differing} of {total} params differ",
+          file=notes)  # fmt: skip
+    print(table.rstrip("\n"))
     png = plot_comparison(runs, tracking_uri, out or f"compare-{experiment.replace('/', '_')}.png")
-    print(f"plot: {png}")
+    print(f"plot: {png}", file=notes)

@@ -1,5 +1,6 @@
 """FSDP2 (torch.distributed.fsdp.fully_shard) for the thinker, applied in configure_model under Lightning's
-ModelParallelStrategy, and the collectives the training loops need on any strategy.
+ModelParallelStrategy (or `ModelParallelStrategy` here, which adds crash-safe checkpoint directories), and the
+collectives the training loops need on any strategy.
 
 FSDP2 gathers a unit's parameters only in that unit's own forward hooks. The GRPO path calls submodules directly
 (the towers' get_audio_features / get_video_features, the input embeddings, the language model, the LM head), so
@@ -8,9 +9,14 @@ each of those is a unit of its own, next to every decoder layer; the root unit h
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch.strategies
 import torch
 from torch import nn
 
+from msathinker.checkpoints import pause_for_tests, remove_torn_saves, replace_directory, temporary_path
 from msathinker.policy import FSDPOptions
 
 
@@ -71,3 +77,34 @@ def all_gather_objects(value: object) -> list[object]:
         torch.distributed.all_gather_object(values, value)
         return values
     return [value]
+
+
+class ModelParallelStrategy(lightning.pytorch.strategies.ModelParallelStrategy):
+    """Lightning's ModelParallelStrategy (FSDP2; same arguments), with distributed checkpoints that survive a kill
+    during their save.
+
+    Lightning writes a distributed checkpoint (a directory: one `.distcp` shard per process, `.metadata`,
+    `meta.pt`) in place, over the previous one: a kill during the save leaves old and new shards mixed. This
+    strategy has every process write into a fresh directory beside the target (`.<name>.<random>.tmp`) and then
+    rank 0 swaps it in whole (`msathinker.checkpoints.replace_directory`), so `last.ckpt` is always a complete
+    checkpoint and `--ckpt_path last` resumes from it. A directory left by a killed save is removed by the next
+    save. Saving a single file (`save_distributed_checkpoint: false`) goes through the CheckpointIO, as in
+    Lightning. The target's filesystem must be shared by all processes (as Lightning's save needs anyway).
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], filepath: Any, storage_options: Any | None = None) -> None:
+        if not self._save_distributed_checkpoint:
+            super().save_checkpoint(checkpoint, filepath, storage_options)
+            return
+        target = Path(self.broadcast(str(filepath)))
+        written = Path(self.broadcast(str(temporary_path(target))))
+        if self.is_global_zero:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            remove_torn_saves(target)
+        self.barrier("ModelParallelStrategy.save_checkpoint")
+        super().save_checkpoint(checkpoint, written, storage_options)
+        self.barrier("ModelParallelStrategy.save_checkpoint")
+        if self.is_global_zero:
+            pause_for_tests()
+            replace_directory(written, target)
+        self.barrier("ModelParallelStrategy.save_checkpoint")

@@ -19,7 +19,9 @@ DIFFERING = [
     "model.init_args.hint.init_args.num_unhinted",  # only the mix run has it
     "model.init_args.hint.init_args.use",
     "model.init_args.optimizer.init_args.lr",
+    "model.init_args.policy.adapter_path",
 ]
+LONG_PATH = "runs/quickstart-recipe-with-a-long-name/sft/adapter"  # wider than a text-view column
 METRICS = [  # test/, val/, train/, the rest; no epoch
     "test/demo_mosi/MAE",
     "test/demo_mosi/Non0_acc_2",
@@ -32,14 +34,16 @@ METRICS = [  # test/, val/, train/, the rest; no epoch
     "hint_grpo/test/demo_mosi/MAE",
 ]
 
-HINT_RUNS = (("hint_replace", "replace", "5e-05", 1.0), ("hint_mix", "mix", "1e-4", 2.0))  # name, use, lr, reward
+HINT_RUNS = (("hint_replace", "replace", "5e-05", 1.0, LONG_PATH),
+             ("hint_mix", "mix", "1e-4", 2.0, "runs/sft/adapter"))  # name, use, lr, reward, adapter  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def tracking(tmp_path_factory) -> str:
     """Three runs of one experiment: a recipe-like parent without params, and two Hint-GRPO runs (one nested under
-    the parent) that differ in the hint use and the learning rate, share max_steps and seed, and have their own
-    default_root_dir and trainer.callbacks/0/init_args/dirpath. An empty second experiment is there too."""
+    the parent) that differ in the hint use, the learning rate and the adapter they start from, share max_steps and
+    seed, and have their own default_root_dir and trainer.callbacks/0/init_args/dirpath. An empty second
+    experiment is there too."""
     from mlflow import MlflowClient
     from mlflow.entities import Metric, Param
 
@@ -50,13 +54,14 @@ def tracking(tmp_path_factory) -> str:
     now = int(time.time() * 1000)
     parent = client.create_run(experiment, run_name="recipe", start_time=now).info.run_id
     client.log_metric(parent, "hint_grpo/test/demo_mosi/MAE", 0.4)
-    for k, (name, use, lr, reward) in enumerate(HINT_RUNS):
+    for k, (name, use, lr, reward, adapter) in enumerate(HINT_RUNS):
         tags = {"mlflow.parentRunId": parent} if name == "hint_replace" else {}
         run = client.create_run(experiment, run_name=name, tags=tags, start_time=now + 1 + k).info.run_id
         params = {
             "model.class_path": "msathinker.HintGRPOModule",
             "model.init_args.hint.init_args.use": use,
             "model.init_args.optimizer.init_args.lr": lr,
+            "model.init_args.policy.adapter_path": adapter,
             "trainer.max_steps": "5",
             "seed_everything": "0",
             "trainer.default_root_dir": f"runs/{name}",
@@ -82,8 +87,9 @@ def tracking(tmp_path_factory) -> str:
 
 
 def env(**extra: str) -> dict[str, str]:
-    """The test process's environment (conftest's MPLCONFIGDIR, MLFLOW_DISABLE_TELEMETRY) plus `extra`."""
-    return {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", **extra}
+    """The test process's environment (conftest's MPLCONFIGDIR, MLFLOW_DISABLE_TELEMETRY) plus `extra`; this
+    checkout's package first on the path (the commands run in a temporary directory)."""
+    return {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONPATH": str(REPO), **extra}
 
 
 def compare(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -160,7 +166,7 @@ def test_compare_command(tracking, tmp_path):
     result = compare("--experiment", EXPERIMENT, "--tracking_uri", tracking, "--out", str(tmp_path / "c.png"),
                      "--metrics+", "test/*", "--metrics+", "train/reward", cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "3 runs; 3 of 8 params differ" in result.stdout
+    assert "3 runs; 4 of 9 params differ" in result.stdout
     for text in ("hint_replace", "hint_mix", "recipe", *DIFFERING, "test/demo_mosi/MAE", "train/reward"):
         assert text in result.stdout
     assert "train/loss" not in result.stdout and "default_root_dir" not in result.stdout
@@ -211,3 +217,148 @@ def test_notebook_runs_headless(tracking, tmp_path, monkeypatch):
     found = notebook.cells[-1].outputs[0]["data"]["text/plain"]  # the search_runs filter with backticks
     assert "hint_mix" in found and "hint_replace" not in found
     assert (tmp_path / f"compare-{EXPERIMENT}.png").is_file()
+
+
+def test_text_view_puts_runs_in_columns_and_wraps_long_values(tracking):
+    from msathinker.compare import load_runs, text_table
+
+    lines = text_table(load_runs(EXPERIMENT, tracking)).splitlines()
+    assert max(map(len, lines)) <= 120
+    header = lines[0].split("│")
+    assert [cell.strip() for cell in header] == ["run", "recipe", "hint_replace", "hint_mix"]
+    rows = {line.split("│")[0].strip(): [c.strip() for c in line.split("│")[1:]] for line in lines[2:] if "│" in line}
+    assert rows["status"] == ["FINISHED"] * 3 and rows["parent"] == ["", "recipe", ""]
+    assert rows["model.init_args.hint.init_args.use"] == ["-", "replace", "mix"]
+    assert rows["test/demo_mosi/MAE"] == ["-", "0.5", "0.4"] and rows["train/reward"] == ["-", "1.4", "2.4"]
+    assert list(rows).index("model.init_args.policy.adapter_path") < list(rows).index("test/demo_mosi/MAE")
+    # the path wider than a column goes on in the same column on the next line
+    at = next(i for i, line in enumerate(lines) if line.startswith("model.init_args.policy.adapter_path"))
+    column = lines[at].index(LONG_PATH[:32])
+    assert lines[at + 1][column:].split("│")[0].strip() == LONG_PATH[32:]
+
+
+@pytest.mark.parametrize("width", [40, 60, 80, 100, 120])
+def test_text_view_fits_the_width_in_blocks_of_runs(tracking, width):
+    """At 100 columns the runs stay side by side in narrower columns (the long path wraps in more pieces); below
+    that they go to blocks."""
+    from msathinker.compare import load_runs, text_table
+
+    text = text_table(load_runs(EXPERIMENT, tracking), width=width)
+    lines = text.splitlines()
+    assert max(map(len, lines)) <= width
+    headers = [line for line in lines if line.startswith("run ")]
+    names = [cell.strip() for header in headers for cell in header.split("│")[1:]]
+    assert names == ["recipe", "hint_replace", "hint_mix"]  # every run once, in order, over the blocks
+    assert (len(headers) > 1) == (width < 100)
+    assert sum(line.startswith("test/demo_mosi/MAE ") for line in lines) == len(headers)  # the names in each block
+
+
+def test_param_globs_keep_the_differing_params_they_match(tracking):
+    """For a paper: the runs, the one param that matters and a few metrics. The globs pick among the differing
+    params; a param equal in every run stays out even when it matches."""
+    from msathinker.compare import comparison_table, differing_params, load_runs, markdown_table
+
+    runs = load_runs(EXPERIMENT, tracking)
+    assert differing_params(runs, ["*.use", "trainer.*"]) == ["model.init_args.hint.init_args.use"]
+    table = comparison_table(runs, ["test/*/MAE"], ["*.use", "*.lr"])
+    assert table.columns.tolist() == ["run", "id", "parent", "status", "model.init_args.hint.init_args.use",
+                                      "model.init_args.optimizer.init_args.lr", "test/demo_mosi/MAE"]  # fmt: skip
+    assert markdown_table(runs, ["test/*/MAE"], ["*.use"]).splitlines()[4].endswith("| FINISHED | mix | 0.4 |")
+
+
+def test_markdown_csv_and_json(tracking):
+    import io
+    import json
+
+    from msathinker.compare import csv_table, json_records, load_runs, markdown_table
+
+    runs = load_runs(EXPERIMENT, tracking)
+    markdown = markdown_table(runs, ["test/*/MAE"]).splitlines()
+    assert markdown[0] == f"| run | id | parent | status | {' | '.join(DIFFERING)} | test/demo_mosi/MAE |"
+    assert markdown[1] == "| --- " * 9 + "|" and len(markdown) == 5
+    assert markdown[4].startswith(f"| hint_mix | {runs['run_id'][2][:8]} |  | FINISHED | 2 | mix | 1e-4 |")
+    assert markdown[4].endswith("| 0.4 |") and markdown[2].endswith("| - | - | - | - | - |")
+
+    table = pd.read_csv(io.StringIO(csv_table(runs)), dtype={"model.init_args.optimizer.init_args.lr": str})
+    assert table.columns.tolist() == ["run", "run_id", "parent", "status", *DIFFERING, *METRICS]
+    assert table["run_id"].tolist() == runs["run_id"].tolist()  # the full ids
+    assert table["model.init_args.optimizer.init_args.lr"].tolist()[1:] == ["5e-05", "1e-4"]
+    assert table["train/reward"].tolist()[1:] == pytest.approx([1.4, 2.4])  # full precision
+    assert pd.isna(table["parent"][0]) and pd.isna(table["train/reward"][0])  # empty cells
+
+    records = json.loads(json_records(runs))
+    assert [r["run"] for r in records] == ["recipe", "hint_replace", "hint_mix"]
+    mix = records[2]
+    assert mix["run_id"] == runs["run_id"][2] and mix["status"] == "FINISHED" and mix["parent"] == ""
+    assert mix["params"] == dict(zip(DIFFERING, ["2", "mix", "1e-4", "runs/sft/adapter"], strict=True))
+    assert "model.init_args.hint.init_args.num_unhinted" not in records[1]["params"]  # not logged: absent
+    assert mix["metrics"]["train/reward"] == pytest.approx(2.4) and "epoch" not in mix["metrics"]
+    assert records[0]["params"] == {} and records[0]["metrics"] == {"hint_grpo/test/demo_mosi/MAE": 0.4}
+    assert pd.Timestamp(mix["start_time"]).tzname() == "UTC"
+
+
+def test_compare_command_formats(tracking, tmp_path, capsys):
+    """With --format markdown/csv/json stdout holds the table alone, the summary and the plot's path go to stderr."""
+    import io
+    import json
+
+    from msathinker.compare import main
+
+    def run(format: str, width: int | None = None) -> tuple[str, str]:
+        main(EXPERIMENT, tracking, str(tmp_path / "c.png"), None, None, format, width)
+        return capsys.readouterr()
+
+    out, err = run("csv")
+    assert len(pd.read_csv(io.StringIO(out))) == 3
+    assert "3 runs; 4 of 9 params differ" in err and f"plot: {tmp_path / 'c.png'}" in err
+    assert len(json.loads(run("json")[0])) == 3
+    assert run("markdown")[0].startswith("| run | id | parent | status |")
+    out, err = run("text", 60)
+    assert out.startswith(f"experiment {EXPERIMENT!r}") and "plot: " in out and not err
+    assert max(map(len, out.splitlines()[1:-1])) <= 60
+    with pytest.raises(SystemExit, match="--width 30 is too narrow for the table; give at least 40"):
+        run("text", 30)
+    with pytest.raises(SystemExit, match="unknown --format 'html'; choose one of text, markdown, csv, json"):
+        run("html")
+    result = compare("--experiment", EXPERIMENT, "--tracking_uri", tracking, "--format", "html", cwd=tmp_path)
+    assert result.returncode != 0 and "markdown" in result.stderr and "json" in result.stderr
+
+
+def test_params_are_logged_as_plain_values():
+    """The config values SaveConfigToRun logs: a path as the path, lists and tuples as JSON, callbacks numbered."""
+    from jsonargparse.typing import path_type
+
+    from msathinker.cli import _flatten
+
+    config = {"config": [path_type("fr")(str(REPO / "experiments/quickstart/sft.yaml"), cwd=REPO)],
+              "data": {"init_args": {"modalities": ["text", "audio"], "data_root": None}},
+              "model": {"init_args": {"optimizer": {"init_args": {"betas": (0.9, 0.999)}}}},
+              "trainer": {"callbacks": [{"class_path": "X", "init_args": {"dirpath": "runs/x", "n": 1}}]}}  # fmt: skip
+    assert _flatten(config) == {
+        "config": f'["{REPO}/experiments/quickstart/sft.yaml"]',
+        "data.init_args.modalities": '["text", "audio"]',
+        "data.init_args.data_root": None,
+        "model.init_args.optimizer.init_args.betas": "[0.9, 0.999]",
+        "trainer.callbacks/0/class_path": "X",
+        "trainer.callbacks/0/init_args/dirpath": "runs/x",
+        "trainer.callbacks/0/init_args/n": 1,
+    }
+
+
+def test_runs_logged_with_path_reprs_show_the_path(tmp_path):
+    """Runs logged before the params were plain hold jsonargparse's repr; compare shows the path."""
+    from mlflow import MlflowClient
+
+    from msathinker.compare import differing_params, load_runs
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("old")
+    for name, cwd in (("sft", "/work/a"), ("grpo", "/work/b")):
+        run = client.create_run(experiment, run_name=name).info.run_id
+        client.log_param(run, "config", f"[Path_fsr(experiments/quickstart/{name}.yaml, cwd={cwd})]")
+        client.log_param(run, "data.root", f"Path_drw(/data/{name}, cwd={cwd})")
+    runs = load_runs("old", uri)
+    assert runs["params.config"].tolist() == ["[experiments/quickstart/sft.yaml]", "[experiments/quickstart/grpo.yaml]"]
+    assert runs["params.data.root"].tolist() == ["/data/sft", "/data/grpo"] and differing_params(runs) == [
+        "config", "data.root"]  # fmt: skip

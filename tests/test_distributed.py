@@ -39,7 +39,7 @@ STRATEGIES = {
     "single": None,
     "ddp": "ddp",
     "fsdp2": {
-        "class_path": "lightning.pytorch.strategies.ModelParallelStrategy",
+        "class_path": "msathinker.sharding.ModelParallelStrategy",
         "init_args": {"data_parallel_size": 2, "tensor_parallel_size": 1},
     },
 }

@@ -70,6 +70,7 @@ def run_synthesis(
     experiment: str | None = "synthesis",
     parent_run_id: str | None = None,
     progress: bool = True,
+    progress_every_n_clips: int = 50,
     retry_failed: bool = False,
 ) -> dict[str, Any]:
     """Write teacher chain-of-thought in DC form for every clip of a dataset split, filtered against the labels.
@@ -99,14 +100,15 @@ def run_synthesis(
         max_pixels: most pixels per frame.
         experiment: MLflow experiment of the summary run; null disables logging.
         parent_run_id: MLflow run to nest the summary run under (the recipe sets it).
-        progress: show a progress bar.
+        progress: show the progress: a bar on a terminal, a line (clips done, clips/s, ETA) every
+            `progress_every_n_clips` clips when stdout is not a terminal (a log file).
+        progress_every_n_clips: see `progress`.
         retry_failed: ask the teacher again for the clips of these splits it refused on an earlier run (records
             with teacher_error=true); each one's new record replaces the old, so the file keeps one record per clip.
     """
-    from tqdm.auto import tqdm
-
     from data_modules.msa import MSADataModule
     from msathinker.dc_format import polarity_of
+    from msathinker.progress import progress_bar
 
     splits = splits or ["train"]
     data = MSADataModule(
@@ -127,7 +129,7 @@ def run_synthesis(
         dataset_split = data.datasets[split]
         todo = [i for i, r in enumerate(dataset_split.records) if r.id not in store.done]
         scale = data.scale
-        bar = tqdm(total=len(todo), desc=f"synthesizing {split}", unit="clip", disable=not progress)
+        bar = progress_bar(len(todo), f"synthesizing {split}", "clip", progress_every_n_clips, disable=not progress)
         for start in range(0, len(todo), batch_size):
             chunk = []
             for i in todo[start : start + batch_size]:
