@@ -85,8 +85,8 @@ class TrainingSettings:
 
         p = self.prompt
         return MSACollator(
-            processor, scale, tuple(p["modalities"]), p["use_audio_in_video"], p["fps"], p["min_pixels"],
-            p["max_pixels"], p["system_prompt"], p["output_format"],
+            processor, scale, tuple(p["modalities"]), p["use_audio_in_video"], p["min_pixels"], p["max_pixels"],
+            p["system_prompt"], p["output_format"],
         )  # fmt: skip
 
 

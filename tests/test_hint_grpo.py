@@ -227,7 +227,11 @@ def test_bad_configurations(tiny_model, tmp_path):
     with pytest.raises(FileNotFoundError, match=r"no adapter_config\.json there"):
         grpo_module(tiny_model, adapter=str(tmp_path / "missing")).configure_model()
     with pytest.raises(ValueError, match="num_unhinted"):
-        HintGRPOModule(grpo=GRPOOptions(num_generations=4), hint=PolarityHint(use="mix", num_unhinted=4))
+        HintGRPOModule(
+            policy=PolicyOptions(model_path=tiny_model),
+            grpo=GRPOOptions(num_generations=4),
+            hint=PolarityHint(use="mix", num_unhinted=4),
+        )
 
 
 class EveryOtherFails(Reward):

@@ -99,8 +99,9 @@ def test_synthesis_prints_lines_when_stdout_is_not_a_terminal(tiny_model, tmp_pa
 
     out = io.StringIO()
     monkeypatch.setattr("sys.stdout", out)
-    run_synthesis(teacher=RulesTeacher(), output=str(tmp_path / "out.jsonl"), processor_path=tiny_model,
-                  max_clips=5, batch_size=2, experiment=None, progress_every_n_clips=2)  # fmt: skip
+    run_synthesis(teacher=RulesTeacher(), output=str(tmp_path / "out.jsonl"), dataset="demo_mosi",
+                  processor_path=tiny_model, max_clips=5, batch_size=2, experiment=None,
+                  progress_every_n_clips=2)  # fmt: skip
     printed = [line for line in out.getvalue().splitlines() if line.startswith("synthesizing")]
     assert [line.split(" | ")[0] for line in printed] == [f"synthesizing train {n}/5" for n in (2, 4, 5)]
     assert all(re.search(r"clip/s \| ETA \d+:\d\d:\d\d$", line) for line in printed[:2]) and "done in" in printed[2]

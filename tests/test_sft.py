@@ -195,7 +195,7 @@ def test_missing_model_path_is_a_clear_error(tmp_path):
 
 def test_quantization_without_lora_is_rejected():
     with pytest.raises(ValueError, match="needs LoRA"):
-        SFTModule(policy=PolicyOptions(lora=None, quantization="nf4"))
+        SFTModule(policy=PolicyOptions(model_path="tiny", lora=None, quantization="nf4"))
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
