@@ -1,4 +1,4 @@
-"""Hint strategies for Hint-GRPO (method.md section 5), chosen in YAML:
+"""Hint strategies for Hint-GRPO (docs/method.md, Hint), chosen in YAML:
 
     hint:
       class_path: callbacks.PolarityHint
@@ -30,7 +30,8 @@ class HintStrategy:
         self, correct_polarity: torch.Tensor, reward_std: torch.Tensor, generator: torch.Generator
     ) -> torch.Tensor:
         """Which groups get a hint: bool (num_groups,). `correct_polarity` (num_groups, G) says which completions
-        stated the label's polarity; `reward_std` (num_groups,) is each group's reward std before hints."""
+        have the label's polarity (stated, else their score's band); `reward_std` (num_groups,) is each group's
+        reward std before hints."""
         return torch.zeros(len(reward_std), dtype=torch.bool)
 
     def assistant_prefix(self, polarity: Polarity, fmt: Format = "dc") -> str:
@@ -50,8 +51,9 @@ class PolarityHint(HintStrategy):
     """Give the label's polarity (the discrimination anchor, never the score) to groups that need it.
 
     Args:
-        trigger: which groups get the hint: "no_correct_polarity" (no completion states the label's polarity: the
-            hard samples), "zero_std" (all rewards equal), "always", or "fraction" (a random `fraction` of groups).
+        trigger: which groups get the hint: "no_correct_polarity" (no completion has the label's polarity, stated
+            or else its score's band: the hard samples), "zero_std" (all rewards equal), "always", or "fraction" (a
+            random `fraction` of groups).
         fraction: share of groups hinted with trigger "fraction".
         placement: "prefix" forces the assistant turn to start with `<think>\\n<discrimination>` and a sentence
             giving the polarity; "prompt" adds that sentence as a line of the user turn.

@@ -1,4 +1,4 @@
-"""Reward plug-ins for Hint-GRPO (method.md section 5). A reward is one small class named in YAML:
+"""Reward plug-ins for Hint-GRPO (docs/method.md, Rewards). A reward is one small class named in YAML:
 
     rewards:
       - class_path: callbacks.FormatReward
@@ -98,7 +98,7 @@ class ScoreReward(Reward):
 
 
 def default_rewards() -> list[Reward]:
-    """format + polarity + score, weight 1 each (method.md section 5)."""
+    """format + polarity + score, weight 1 each (docs/method.md, Rewards)."""
     return [FormatReward(), PolarityReward(), ScoreReward()]
 
 

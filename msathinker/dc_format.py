@@ -1,6 +1,6 @@
 """The completion format: rendering, parsing, the polarity of a label, and the wording of hints and instructions.
 
-This is the one module that knows the markup (method.md section 2). A valid Discrimination-Calibration ("dc")
+This is the one module that knows the markup (docs/method.md, Output format). A valid Discrimination-Calibration ("dc")
 completion is exactly, up to whitespace and letter case:
 
     <think>
@@ -67,8 +67,9 @@ def _check_format(fmt: str) -> None:
 def polarity_of(label: float, scale: Scale) -> Polarity:
     """Polarity of a label: positive if label > band, negative if label < -band, else neutral.
 
-    The band is the scale's neutral band (0.5 on [-3, 3], 0.1 on [-1, 1]), so a label on the band edge is neutral,
-    as in MMSA's Acc-3.
+    The band is the scale's neutral band (0.5 on [-3, 3], 0.1 on [-1, 1]); a label on the band edge is neutral. On
+    [-3, 3] that is the class 0 of MMSA's Mult_acc_7 rounding; MMSA's SIMS Mult_acc_3 agrees except at exactly -0.1,
+    which it counts as negative.
     """
     if label > scale.neutral_band:
         return "positive"

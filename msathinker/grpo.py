@@ -2,7 +2,7 @@
 
 Everything here follows TRL's `GRPOTrainer` (huggingface/trl `trl/trainer/grpo_trainer.py`,
 `_generate_and_score_completions` and `_compute_loss`; helpers from `trl/trainer/utils.py`) so that runs are
-comparable with TRL runs and with papers that use it (method.md section 5, research-anchors.md 1.5-1.7).
+comparable with TRL runs and with papers that use it (docs/method.md, GRPO).
 No model, no Lightning, no distributed calls: the caller gathers rewards / token counts across processes and passes
 them in.
 """
@@ -76,7 +76,7 @@ def group_reward_std(rewards: Tensor, group_size: int) -> Tensor:
 
 
 def group_advantages(rewards: Tensor, group_size: int, scale: RewardScale = "group") -> Tensor:
-    """Group-relative advantages, exactly TRL's `sum_then_normalize` path (research-anchors.md 1.5).
+    """Group-relative advantages, exactly TRL's `sum_then_normalize` path (docs/method.md, Advantages).
 
     `rewards` has shape (B,), ordered as consecutive groups of `group_size` completions of one prompt.
 
@@ -143,7 +143,7 @@ def policy_loss(
     Shapes: `logp`, `old_logp`, `ref_logp`, `mask` are (B, T) per completion token; `advantages` is (B,).
     `logp` must come from logits divided by the sampling temperature (`token_logprobs(..., temperature)`).
 
-    Per token (TRL `_compute_loss`, research-anchors.md 1.6):
+    Per token (TRL `_compute_loss`; docs/method.md, GRPO):
         ratio = exp(logp - old_logp)                       (old_logp None -> logp.detach(): ratio == 1 and the
                                                             gradient is the plain policy gradient, single update)
         L = -min(ratio * A, clamp(ratio, 1 - eps_low, 1 + eps_high) * A) + beta * KL,

@@ -1,4 +1,4 @@
-"""Stage 2: Hint-GRPO (method.md section 5).
+"""Stage 2: Hint-GRPO (docs/method.md, Hint and GRPO).
 
 Per step: encode each prompt's media once; sample G completions per prompt; score them with the reward plug-ins;
 let the hint strategy pick the groups that get the label's polarity as a hint (by default the hard ones: no

@@ -1,4 +1,4 @@
-"""MSA regression metrics, computed as MMSA's ``metricsTop.py`` computes them (method.md section 6).
+"""MSA regression metrics, computed as MMSA's ``metricsTop.py`` computes them (docs/method.md, Metrics).
 
 Why: every MSA paper we compare with reports numbers from MMSA's ``MetricsTop('regression')``
 (``thuiar/MMSA``, ``src/MMSA/utils/metricsTop.py``), so our numbers are only comparable if we use the same

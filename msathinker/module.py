@@ -1,7 +1,8 @@
 """What the SFT and Hint-GRPO LightningModules share: building the policy in configure_model (so FSDP2 can shard
 it), generation-based validation/test/predict with MMSA metrics, lean checkpoints, and the adapter export.
 
-Each stage subclasses it and adds its own training_step; nothing else is overridden.
+Each stage subclasses it and adds its own training_step; Hint-GRPO also extends configure_model (the frozen reference
+adapter) and the checkpoint hooks (its hint counters and generator state).
 """
 
 from __future__ import annotations

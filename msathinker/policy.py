@@ -1,6 +1,6 @@
 """Building the trainable thinker: LoRA (peft), 4-bit base (bitsandbytes), frozen towers, gradient checkpointing.
 
-Shared by the SFT and Hint-GRPO modules (composition, not a base class): each module calls `build_policy` from its
+Shared by the SFT and Hint-GRPO modules: their base, msathinker.module.OmniPolicyModule, calls `build_policy` from
 `configure_model`, so FSDP2 can shard the result.
 """
 

@@ -1,4 +1,4 @@
-"""The rule-based rationale writer: a deterministic stand-in for the teacher model (method.md section 3).
+"""The rule-based rationale writer: a deterministic stand-in for the teacher model (docs/method.md, Teacher synthesis).
 
 This is NOT a model and is never presented as one. The real stage 0 asks a teacher (Qwen3-Omni) for a DC
 chain-of-thought; for offline demos and tests, where no teacher exists, this writer fills the same slot from what it

@@ -1,4 +1,4 @@
-"""Label scales of the MSA datasets and the per-scale constants of the method (method.md sections 2, 3, 5, 6)."""
+"""Label scales of the MSA datasets and the per-scale constants of the method (docs/method.md, Scales)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ class Scale:
     low: float
     high: float
     neutral_band: float
-    """Polarity is neutral when |y| <= neutral_band (MMSA's Acc-3 cut)."""
+    """Polarity is neutral when |y| <= neutral_band (MMSA's class cuts; see dc_format.polarity_of)."""
     filter_tolerance: float
     """Teacher records are kept when |score - label| <= filter_tolerance."""
     reward_tau: float

@@ -1,4 +1,4 @@
-"""The completion format (method.md section 2): the parser never raises, parse(render(x)) == x, every invalid
+"""The completion format (docs/method.md, Output format): the parser never raises, parse(render(x)) == x, every invalid
 reason is reported, and the hint / instruction wording fits the format."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""GRPO math: TRL's fixtures (research-anchors.md 1.7), an independent numpy reference, error handling, log-probs."""
+"""GRPO math: TRL's values (docs/method.md, Reference values), an independent numpy reference, errors, log-probs."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def assert_close(actual, expected, tol: float = TOL) -> None:
 
 
 # ------------------------------------------------------------------------------------------------
-# Independent numpy reference (loops, written from the formulas in method.md 5 / research-anchors 1.5-1.6)
+# Independent numpy reference (loops, written from the formulas in docs/method.md, GRPO)
 # ------------------------------------------------------------------------------------------------
 
 
@@ -117,7 +117,7 @@ def np_policy_loss(logp, old, ref, adv, mask, loss_type, eps_low, eps_high, beta
 
 
 # ------------------------------------------------------------------------------------------------
-# Fixtures from research-anchors.md 1.7
+# Fixtures: docs/method.md, Reference values
 # ------------------------------------------------------------------------------------------------
 
 

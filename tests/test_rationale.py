@@ -1,4 +1,4 @@
-"""The rule-based rationale writer (method.md section 3): valid, label-faithful, deterministic and short."""
+"""The rule-based rationale writer (docs/method.md, Teacher synthesis): valid, label-faithful, deterministic, short."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Stage 0: teacher chain-of-thought synthesis with the DC structure (method.md section 3).
+"""Stage 0: teacher chain-of-thought synthesis with the DC structure (docs/method.md, Teacher synthesis).
 
 For each clip of the chosen splits: build the same prompt the student is trained with, ask the teacher for
 `num_samples` completions, keep the first that passes the filter (valid DC format, the label's polarity, score

@@ -1,4 +1,4 @@
-"""Judging teacher completions against the labels (method.md section 3), and the run summary. Pure functions."""
+"""Judging teacher completions against the labels (docs/method.md, Filter), and the run summary. Pure functions."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ class FilterRules:
     require_format: bool = True
     """Keep only completions in the exact DC format."""
     require_polarity: bool = True
-    """Keep only completions whose stated polarity is the label's."""
+    """Keep only completions whose polarity (stated, else their score's band) is the label's."""
     tolerance: float | None = None
     """Keep only completions with |score - label| <= tolerance; None uses the scale's (0.5 on [-3, 3], 1/6 on
     [-1, 1]); a negative value disables the check."""
@@ -39,7 +39,7 @@ def judge(parsed: ParsedCompletion, label: float, scale: Scale, rules: FilterRul
 
 
 def best_sample(completions: list[str], label: float, scale: Scale, rules: FilterRules, fmt: str = "dc"):
-    """The first kept completion, else the least bad one (parsed over unparsed, then closest score).
+    """The first kept completion, else the least bad one (valid format over invalid, then the closest score).
 
     Returns (completion, parsed, reason) with reason None when kept.
     """
