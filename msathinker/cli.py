@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from jsonargparse import Path as ConfigPath
-from lightning.pytorch.callbacks import Callback, ProgressBar
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.plugins.io import CheckpointIO
@@ -70,7 +70,10 @@ class MSACLI(LightningCLI):
       `progress.every_n_steps` steps when stdout is not a terminal (a log file); none with
       `trainer.enable_progress_bar: false`;
     - `msathinker.checkpoints.AtomicCheckpointIO` as its checkpoint writer (no half-written checkpoint file after a
-      kill), unless `trainer.plugins` names a CheckpointIO.
+      kill), unless `trainer.plugins` names a CheckpointIO;
+    - `<trainer.default_root_dir>/checkpoints` as the directory of every ModelCheckpoint that names none, so a run's
+      files are under the one directory its config names (Lightning's default would be a directory per MLflow run,
+      where `--ckpt_path last` of a new run could not find the previous one's checkpoint).
     """
 
     def add_arguments_to_parser(self, parser) -> None:
@@ -89,6 +92,10 @@ class MSACLI(LightningCLI):
         plugins = plugins if isinstance(plugins, list) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             config["plugins"] = [*plugins, AtomicCheckpointIO()]
+        run_checkpoints = str(Path(config.get("default_root_dir") or ".") / "checkpoints")
+        for callback in given:
+            if isinstance(callback, ModelCheckpoint) and callback.dirpath is None:
+                callback.dirpath = run_checkpoints
         return super()._instantiate_trainer(config, callbacks)
 
 

@@ -21,14 +21,6 @@ def _stage_cli(config: str, args: list[str]):
     return MSACLI(**cli_kwargs(), run=False, args=["--config", config, *args])
 
 
-def _redirect_checkpoints(trainer, directory: Path) -> None:
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    for callback in trainer.callbacks:
-        if isinstance(callback, ModelCheckpoint):
-            callback.dirpath = str(directory)
-
-
 def _test(cli, cross_domain: list[str]) -> dict[str, float]:
     """Test the trained model in-domain and on each cross-domain dataset (answers mapped to that range)."""
     import lightning as L
@@ -104,7 +96,6 @@ def run_recipe(
             [*logger_args, "--trainer.logger.init_args.run_name", "sft", "--trainer.default_root_dir", str(stage_dir),
              *targets_args, *sft_args],
         )  # fmt: skip
-        _redirect_checkpoints(cli.trainer, stage_dir / "checkpoints")
         cli.trainer.fit(cli.model, datamodule=cli.datamodule)
         results["sft"] = _test(cli, cross_domain)
         adapter = stage_dir / "adapter"
@@ -115,7 +106,6 @@ def run_recipe(
                 [*logger_args, "--trainer.logger.init_args.run_name", "hint_grpo", "--trainer.default_root_dir",
                  str(stage_dir), "--model.init_args.policy.adapter_path", str(adapter), *grpo_args],
             )  # fmt: skip
-            _redirect_checkpoints(cli.trainer, stage_dir / "checkpoints")
             cli.trainer.fit(cli.model, datamodule=cli.datamodule)
             results["hint_grpo"] = _test(cli, cross_domain)
         table = summary_table(results)

@@ -115,3 +115,16 @@ def test_a_real_config_without_model_path_or_dataset_is_an_error(drop, message, 
     with pytest.raises(SystemExit):
         MSACLI(**cli_kwargs(), run=False, args=["--config", str(path), "--trainer.logger", "false"])
     assert message in capsys.readouterr().err
+
+
+def test_checkpoints_go_under_the_run_directory(tmp_path):
+    """A ModelCheckpoint without dirpath writes to <default_root_dir>/checkpoints: the run directory is said once."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from msathinker.cli import MSACLI, cli_kwargs
+
+    args = ["--config", str(REPO / "experiments/quickstart/sft.yaml"), "--trainer.logger", "false",
+            "--trainer.default_root_dir", str(tmp_path / "run")]  # fmt: skip
+    cli = MSACLI(**cli_kwargs(), run=False, args=args)
+    (checkpoint,) = [c for c in cli.trainer.callbacks if isinstance(c, ModelCheckpoint)]
+    assert checkpoint.dirpath == str(tmp_path / "run" / "checkpoints")
