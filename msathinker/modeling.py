@@ -151,4 +151,21 @@ def load_thinker(
             f"{path}: the checkpoint does not fit {class_name}: " + "; ".join(problems) + ". Use a complete, "
             "unmodified checkpoint of this model (a partly loaded one would train and answer from random weights)"
         )
+    if quantization != "none":
+        _keep_cpu_4bit_trainable(model)
     return model, load_processor(path)
+
+
+def _keep_cpu_4bit_trainable(model) -> None:
+    """Stop bitsandbytes from repacking 4-bit weights for CPU inference.
+
+    On a CPU with AVX512-BF16, bitsandbytes (0.50) repacks a Linear4bit's weight at its first forward in eval mode
+    and never unpacks it; the next training forward then takes an inference-only kernel that adds the bias in place
+    and fails ("a view of a leaf Variable ... in-place operation"). Evaluation between training steps (validation,
+    rollouts) is exactly that sequence, so the repacking is turned off. GPUs are unaffected.
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False

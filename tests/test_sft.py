@@ -154,7 +154,8 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_checkpoint(tiny_model, 
 def test_four_bit_base_keeps_the_rest_in_bf16_and_trains_with_checkpointing(tiny_model, tmp_path):
     """QLoRA as the 1-GPU recipes run it (nf4, dtype bfloat16, bf16-mixed, gradient checkpointing): nothing
     unquantized is upcast to fp32 (peft's prepare_model_for_kbit_training would), the LoRA weights are fp32, and a
-    step changes them."""
+    step changes them. A validation pass comes first, as the sanity check does: on a CPU with AVX512-BF16
+    bitsandbytes would repack the weights for inference there and fail the next training step."""
     import bitsandbytes as bnb
 
     policy = PolicyOptions(model_path=tiny_model, lora=LoraOptions(r=4, alpha=8), quantization="nf4",
@@ -170,7 +171,7 @@ def test_four_bit_base_keeps_the_rest_in_bf16_and_trains_with_checkpointing(tiny
     four_bit = [name for name, m in sft.model.named_modules() if isinstance(m, bnb.nn.Linear4bit)]
     assert four_bit and all(".language_model.layers." in name for name in four_bit)  # towers, head stay full
 
-    trainer(tmp_path, max_steps=1, limit_val_batches=0, precision="bf16-mixed").fit(
+    trainer(tmp_path, max_steps=1, num_sanity_val_steps=1, precision="bf16-mixed").fit(
         sft, datamodule=datamodule(tiny_model, tmp_path, batch_size=2)
     )
     assert sft.model.is_gradient_checkpointing
