@@ -43,7 +43,8 @@ def main() -> None:
 
     from callbacks import PolarityHint
     from data_modules import MSADataModule
-    from msathinker.hint_grpo import GRPOOptions, HintGRPOModule
+    from msathinker.grpo_options import GRPOOptions
+    from msathinker.hint_grpo import HintGRPOModule
     from msathinker.policy import LoraOptions, PolicyOptions
     from msathinker.tiny import write_tiny_checkpoint
 

@@ -72,7 +72,8 @@ def run_ours(args, clock: StepClock) -> dict:
     import torch
 
     from callbacks import NoHint
-    from msathinker.hint_grpo import GRPOOptions, HintGRPOModule
+    from msathinker.grpo_options import GRPOOptions
+    from msathinker.hint_grpo import HintGRPOModule
     from msathinker.policy import PolicyOptions
 
     L.seed_everything(args.seed, verbose=False)

@@ -20,10 +20,10 @@ import logging
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any
 
 from msathinker.dc_format import parse_completion, polarity_of
-from msathinker.scales import SCALES, Scale, scale_of
+from msathinker.scales import SCALES, Scale, ScaleName, scale_of
 
 if TYPE_CHECKING:
     from data_modules.msa import MediaCache, MSACollator
@@ -253,8 +253,8 @@ def run_analysis(
     output: str | None,
     run_config: str | None,
     model_path: str | None,
-    trained_scale: Literal["mosei", "sims"] | None,
-    scale: Literal["mosei", "sims"] | None,
+    trained_scale: ScaleName | None,
+    scale: ScaleName | None,
     batch_size: int,
     max_new_tokens: int | None,
     dtype: str | None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+from msathinker.scales import ScaleName
 from msathinker.synthesis import run_synthesis
 
 
@@ -80,8 +81,8 @@ def analyze(
     output: str | None = None,
     run_config: str | None = None,
     model_path: str | None = None,
-    trained_scale: Literal["mosei", "sims"] | None = None,
-    scale: Literal["mosei", "sims"] | None = None,
+    trained_scale: ScaleName | None = None,
+    scale: ScaleName | None = None,
     batch_size: int = 4,
     max_new_tokens: int | None = None,
     dtype: str | None = None,

@@ -16,10 +16,10 @@ import torch
 import torchmetrics
 from torchmetrics.utilities.data import dim_zero_cat
 
-from msathinker.dc_format import parse_completion, polarity_of
+from msathinker.dc_format import Format, parse_completion, polarity_of
 from msathinker.generation import generate, generation_config
 from msathinker.metrics import msa_metrics
-from msathinker.scales import SCALES, Scale
+from msathinker.scales import SCALES, Scale, ScaleName
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,11 @@ class CompletionEvaluator(torchmetrics.Metric):
     full_state_update = False
 
     def __init__(
-        self, scale: Scale, output_format: str = "dc", unparsed_score: float = 0.0, prediction_scale: str | None = None
+        self,
+        scale: Scale,
+        output_format: Format = "dc",
+        unparsed_score: float = 0.0,
+        prediction_scale: ScaleName | None = None,
     ):
         super().__init__()
         self.scale = scale

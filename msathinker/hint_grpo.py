@@ -11,21 +11,21 @@ from __future__ import annotations
 
 import warnings
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from callbacks.hints import HintStrategy, PolarityHint
 from callbacks.rewards import Reward, RewardInput, compute_rewards, default_rewards
 from msathinker.dc_format import parse_completion, polarity_of
-from msathinker.evaluation import GenerationOptions, stable_hash
+from msathinker.evaluation import stable_hash
 from msathinker.generation import END_OF_TURN, special_token_id
-from msathinker.grpo import LossType, RewardScale, group_advantages, group_reward_std, masked_mean, policy_loss
+from msathinker.grpo import group_advantages, group_reward_std, masked_mean, policy_loss
+from msathinker.grpo_options import GRPOOptions
 from msathinker.module import OmniPolicyModule
 from msathinker.policy import PolicyOptions
 from msathinker.rollout import Row, completion_logprobs, sample, split_prompt_media, unpadded_prompts
+from msathinker.rollouts import Rollout, Scores
 from msathinker.sharding import all_reduce_sum
 
 # A checkpoint of step N holds the state after N optimizer steps, which is what `--ckpt_path` resumes from (tested
@@ -33,74 +33,22 @@ from msathinker.sharding import all_reduce_sum
 warnings.filterwarnings("ignore", message="Using ModelCheckpoint with manual optimization and every_n_train_steps")
 
 
-@dataclass(frozen=True)
-class GRPOOptions:
-    """GRPO settings; defaults follow TRL's GRPOConfig so runs are comparable."""
-
-    num_generations: int = 8
-    """G, completions sampled per prompt (>= 2). Prompts per step = the DataModule's batch_size."""
-    max_completion_length: int = 256
-    """Most tokens sampled per completion; also the dr_grpo normaliser."""
-    temperature: float = 1.0
-    """Sampling temperature; log-probs are computed from logits divided by it."""
-    top_p: float = 1.0
-    """Nucleus sampling mass."""
-    loss_type: LossType = "dapo"
-    """Aggregation: grpo (per-sequence mean), bnpo (token mean per micro-batch), dr_grpo (sum / (B * L)), dapo
-    (token sum / active tokens of the whole generation batch)."""
-    scale_rewards: RewardScale = "group"
-    """Advantage scaling: group std, batch std, or none (Dr. GRPO)."""
-    epsilon_low: float = 0.2
-    """Lower clip of the ratio: 1 - epsilon_low."""
-    epsilon_high: float = 0.2
-    """Upper clip of the ratio: 1 + epsilon_high (DAPO uses 0.28)."""
-    beta: float = 0.0
-    """KL coefficient (k3 estimator); > 0 needs a reference (see `reference`)."""
-    reference: Literal["auto", "base", "sft_adapter"] = "auto"
-    """Reference policy for the KL: "base" = the model with the adapter disabled; "sft_adapter" = a frozen copy of
-    policy.adapter_path loaded as adapter "ref"; "auto" = sft_adapter when an adapter_path is set, else base."""
-    num_iterations: int = 1
-    """Updates per generation batch (mu); > 1 stores the old log-probs for the ratio."""
-    micro_batch_size: int | None = None
-    """Completions per forward/backward pass (gradient accumulation inside a step); None = all at once."""
-    mask_truncated_completions: bool = False
-    """Drop completions that hit max_completion_length from the loss (they still count in the group statistics)."""
-    dynamic_sampling: bool = False
-    """DAPO-style: keep only groups whose rewards are not all equal, buffering them across steps until a full batch
-    of prompts is collected (TRL does not do this)."""
-    max_grad_norm: float | None = 1.0
-    """Gradient clipping by global norm; None disables it."""
-    encode_media_once: bool = True
-    """Run the audio/vision towers once per prompt per step (False feeds the raw media to every forward: the towers
-    run again in each sampling pass and log-prob pass, for every completion unless share_prompts; only for
-    benchmarking)."""
-    share_prompts: bool = True
-    """In the log-prob passes, run each prompt through the LM once per group and its G completions from the prompt's
-    KV cache (same log-probs and gradients as full rows; LoRA dropout then draws one mask for the shared prompt).
-    Off under policy.gradient_checkpointing, which drops the cache; False runs every prompt + completion row in full,
-    as TRL does."""
-    per_completion_seeds: bool = False
-    """Sample each completion from its own generator seeded by (module seed, epoch, batch index, clip id, completion
-    index, hinted or not) instead of the global RNG: the rollouts then do not depend on how the prompts are split
-    across processes or batched, so runs on 1 and N processes with the same global batch sample the same
-    completions. Exact sampling (Gumbel-max over the temperature / top-p distribution)."""
-
-
 class HintGRPOModule(OmniPolicyModule):
     """Hint-GRPO on a Qwen2.5-Omni thinker, usually started from the SFT adapter (policy.adapter_path).
+
+    Prompts per step are the DataModule's batch_size; completions are parsed in its output_format.
 
     Args:
         policy: which checkpoint to load and what trains (LoRA by default; policy.adapter_path = the SFT adapter).
         grpo: sampling, advantage and loss settings.
         rewards: reward plug-ins (class_path/init_args list); default format + polarity + score, weight 1 each.
         hint: hint strategy: callbacks.PolarityHint (default) or callbacks.NoHint (plain GRPO).
-        optimizer: optimizer class and arguments, called with the trainable parameters.
-        scheduler: optional learning-rate scheduler, stepped every optimizer step.
-        generation: decoding settings of validation/test/predict.
-        output_format: completion format ("dc" or "plain"); match the data's.
-        unparsed_score: the prediction scored in evaluation for a completion with no number.
-        prediction_scale: label range the model answers on when evaluating on another range (cross-domain).
         seed: seed of the hint strategy's random choices (trigger "fraction") and of grpo.per_completion_seeds.
+        **kwargs: OmniPolicyModule's arguments: optimizer, scheduler, generation, unparsed_score, prediction_scale.
+
+    Attributes read by the callbacks (besides OmniPolicyModule's):
+        last_rollout: the last training step's `Rollout` (callbacks.RolloutTable logs it); None before the first.
+        counters: groups and hinted groups so far, over all processes (kept in the checkpoint).
     """
 
     def __init__(
@@ -109,16 +57,10 @@ class HintGRPOModule(OmniPolicyModule):
         grpo: GRPOOptions = GRPOOptions(),
         rewards: list[Reward] | None = None,
         hint: HintStrategy = PolarityHint(),
-        optimizer: OptimizerCallable = torch.optim.AdamW,
-        scheduler: LRSchedulerCallable | None = None,
-        generation: GenerationOptions = GenerationOptions(),
-        output_format: Literal["dc", "plain"] = "dc",
-        unparsed_score: float = 0.0,
-        prediction_scale: Literal["mosei", "sims"] | None = None,
         seed: int = 0,
+        **kwargs: Any,
     ):
-        super().__init__(policy, optimizer, scheduler, generation, output_format, unparsed_score, prediction_scale)
-        self.save_hyperparameters(ignore=["rewards", "hint"], logger=False)
+        super().__init__(policy, **kwargs)
         if grpo.num_generations < 2:
             raise ValueError(
                 f"grpo.num_generations must be >= 2 (a group needs a baseline), got {grpo.num_generations}"
@@ -141,7 +83,7 @@ class HintGRPOModule(OmniPolicyModule):
         self.hint_generator = torch.Generator().manual_seed(seed)
         self.counters = {"groups": 0, "hinted_groups": 0}
         self._group_buffer: list[list[tuple[Row, torch.Tensor]]] = []
-        self.last_rollouts: list[dict[str, Any]] = []
+        self.last_rollout: Rollout | None = None
 
     # --- setup ----------------------------------------------------------------------------------------------------
 
@@ -159,8 +101,11 @@ class HintGRPOModule(OmniPolicyModule):
             self.model.load_adapter(self.policy.adapter_path, adapter_name="ref", is_trainable=False)
             self.model.set_adapter("default")
 
-    def on_fit_start(self) -> None:
-        prompts = self.trainer.datamodule.hparams.batch_size
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if stage != "fit":
+            return
+        prompts = self.data_info.batch_size
         completions = prompts * self.grpo.num_generations
         mb = self.grpo.micro_batch_size
         if mb is not None and (mb < 1 or completions % mb):
@@ -168,12 +113,13 @@ class HintGRPOModule(OmniPolicyModule):
                 f"grpo.micro_batch_size {mb} must divide the completions per step: batch_size {prompts} x "
                 f"num_generations {self.grpo.num_generations} = {completions}"
             )
-        if self.trainer.datamodule.hparams.targets is not None:
+        if self.data_info.has_targets:
             raise ValueError("Hint-GRPO samples its own completions: set data.init_args.targets to null")
 
     # --- rollouts -------------------------------------------------------------------------------------------------
 
-    def _sample(self, rows: list[Row], seeds: list[str] | None = None) -> torch.Tensor:
+    def _sample(self, rows: list[Row], seeds: list[str], use_audio_in_video: bool) -> None:
+        """Sample a completion for each row, in place (completion_ids, truncated)."""
         generators = None
         if self.grpo.per_completion_seeds:  # seeds in [0, 2**64), as manual_seed takes them
             generators = [torch.Generator(self.device).manual_seed(stable_hash(key) % 2**64) for key in seeds]
@@ -184,18 +130,17 @@ class HintGRPOModule(OmniPolicyModule):
             max_new_tokens=self.grpo.max_completion_length,
             temperature=self.grpo.temperature,
             top_p=self.grpo.top_p,
-            use_audio_in_video=self._use_audio_in_video,
+            use_audio_in_video=use_audio_in_video,
             generators=generators,
             synced_gpus=self.synced_generation,
         )
         for row, ids, cut in zip(rows, completions, truncated.tolist(), strict=True):
             row.completion_ids, row.truncated = ids, cut
-        return truncated
 
     def _hinted_prompt(self, prompt_ids: torch.Tensor, polarity: str) -> tuple[torch.Tensor, str]:
         """The prompt ids with the hint (as prompt tokens) and the assistant text the hint contributes."""
         tok = self.processor.tokenizer
-        prefix = self.hint.assistant_prefix(polarity, self.output_format)
+        prefix = self.hint.assistant_prefix(polarity, self.data_info.output_format)
         line = self.hint.prompt_line(polarity)
         ids = prompt_ids
         if line:  # insert before the user turn's <|im_end|>, the last one in the prompt
@@ -207,83 +152,90 @@ class HintGRPOModule(OmniPolicyModule):
             ids = torch.cat([ids, prefix_ids])
         return ids, prefix
 
-    def _score(self, rows, prefixes, hinted, ids, labels) -> tuple[torch.Tensor, torch.Tensor, list, dict]:
-        tok = self.processor.tokenizer
-        scale = self.trainer.datamodule.scale
+    def _resample_hinted(self, rows, regenerate, prompts, media, labels, seeds, use_audio_in_video) -> list[str]:
+        """Replace the rows at `regenerate` by completions sampled from their hinted prompts; returns every row's
+        assistant prefix (the prefix hint where hinted, else "")."""
+        G, scale = self.grpo.num_generations, self.data_info.scale
+        prefixes, new_rows = [""] * len(rows), []
+        for i in regenerate:
+            hinted_ids, prefixes[i] = self._hinted_prompt(prompts[i // G], polarity_of(labels[i], scale))
+            new_rows.append(Row(hinted_ids, media[i // G]))
+        self._sample(new_rows, [f"{seeds[i]}/hinted" for i in regenerate], use_audio_in_video)
+        for i, row in zip(regenerate, new_rows, strict=True):
+            rows[i] = row
+        return prefixes
+
+    def _score(self, rows, prefixes, hinted, ids, labels) -> Scores:
+        tok, fmt, scale = self.processor.tokenizer, self.data_info.output_format, self.data_info.scale
         texts = [
             p + tok.decode(r.completion_ids, skip_special_tokens=True) for r, p in zip(rows, prefixes, strict=True)
         ]
         samples = [
-            RewardInput(cid, text, parse_completion(text, self.output_format), label, scale, h)
+            RewardInput(cid, text, parse_completion(text, fmt), label, scale, h)
             for cid, text, label, h in zip(ids, texts, labels, hinted, strict=True)
         ]
         per_reward, total, failures = compute_rewards(self.rewards, samples)
         correct = torch.tensor([s.parsed.effective_polarity(scale) == polarity_of(s.label, scale) for s in samples])
-        return per_reward, total, samples, {"failures": failures, "correct": correct}
+        return Scores(samples, per_reward, total, failures, correct)
 
-    def rollout(self, batch: dict[str, Any], batch_idx: int = 0) -> dict[str, Any]:
-        """Sample, score and hint one batch of prompts; returns the rows to train on and the statistics."""
+    def rollout(self, batch: dict[str, Any], batch_idx: int = 0) -> Rollout:
+        """Sample G completions per prompt and score them; regenerate the groups the hint strategy chooses from the
+        hinted prompt and score again (docs/method.md, Hint). Samples in eval mode (no LoRA dropout)."""
         inputs, meta = batch["inputs"], batch["meta"]
         G = self.grpo.num_generations
-        self._use_audio_in_video = bool(inputs.get("use_audio_in_video", False))
+        use_audio_in_video = bool(inputs.get("use_audio_in_video", False))
         media = split_prompt_media(self.model, inputs, self.grpo.encode_media_once)
         prompts = unpadded_prompts(inputs)
         P = len(prompts)
-        scale = self.trainer.datamodule.scale
         ids = [meta["id"][p] for p in range(P) for _ in range(G)]
         labels = [float(meta["label"][p]) for p in range(P) for _ in range(G)]
         rows = [Row(prompts[p], media[p]) for p in range(P) for _ in range(G)]
         seeds = [f"{self.seed}/{self.current_epoch}/{batch_idx}/{ids[i]}/{i % G}" for i in range(len(rows))]
-        prefixes, hinted = [""] * len(rows), [False] * len(rows)
+        hinted = [False] * len(rows)
         was_training = self.model.training
         self.model.eval()
-        self._sample(rows, seeds)
-        per_reward, total, samples, info = self._score(rows, prefixes, hinted, ids, labels)
-        std_before, reward_before = group_reward_std(total, G), torch.nanmean(total)
-        chosen = self.hint.select(info["correct"].view(P, G), std_before, self.hint_generator)
+        self._sample(rows, seeds, use_audio_in_video)
+        scores = self._score(rows, [""] * len(rows), hinted, ids, labels)
+        std_before, reward_before = group_reward_std(scores.total, G), torch.nanmean(scores.total)
+        chosen = self.hint.select(scores.correct.view(P, G), std_before, self.hint_generator)
         regenerate = [p * G + g for p in range(P) if chosen[p] for g in range(self.hint.num_unhinted, G)]
         # FSDP2: generate is a collective, so a rank with nothing to regenerate joins the others with a dummy row
         join_others = self.synced_generation and bool(all_reduce_sum(torch.tensor(float(len(regenerate)))) > 0)
         if regenerate:
-            new_rows = []
-            for i in regenerate:
-                p = i // G
-                hinted_ids, prefix = self._hinted_prompt(prompts[p], polarity_of(labels[i], scale))
-                new_rows.append(Row(hinted_ids, media[p]))
-                prefixes[i], hinted[i] = prefix, True
-            self._sample(new_rows, [f"{seeds[i]}/hinted" for i in regenerate])
-            for i, row in zip(regenerate, new_rows, strict=True):
-                rows[i] = row
-            per_reward, total, samples, info = self._score(rows, prefixes, hinted, ids, labels)
+            prefixes = self._resample_hinted(rows, regenerate, prompts, media, labels, seeds, use_audio_in_video)
+            hinted = [i in regenerate for i in range(len(rows))]
+            scores = self._score(rows, prefixes, hinted, ids, labels)
         elif join_others:
-            self._sample([Row(prompts[0], media[0])], seeds[:1])
+            self._sample([Row(prompts[0], media[0])], seeds[:1], use_audio_in_video)
         if was_training:
             self.model.train()
         groups, hinted_groups = all_reduce_sum(torch.tensor([float(P), float(chosen.sum())])).tolist()
         self.counters["groups"] += int(groups)
         self.counters["hinted_groups"] += int(hinted_groups)
-        return {
-            "rows": rows,
-            "rewards": total,
-            "per_reward": per_reward,
-            "truncated": torch.tensor([r.truncated for r in rows]),
-            "hinted": torch.tensor(hinted),
-            "samples": samples,
-            "failures": info["failures"],
-            "std_before": std_before,
-            "reward_before": reward_before,
-            "hint_rate": chosen.float().mean(),
-        }
+        return Rollout(
+            rows=rows,
+            rewards=scores.total,
+            per_reward=scores.per_reward,
+            reward_names=tuple(reward.name for reward in self.rewards),
+            truncated=torch.tensor([r.truncated for r in rows]),
+            hinted=torch.tensor(hinted),
+            samples=scores.samples,
+            failures=scores.failures,
+            std_before=std_before,
+            reward_before=reward_before,
+            hint_rate=chosen.float().mean(),
+            use_audio_in_video=use_audio_in_video,
+        )
 
     # --- training -------------------------------------------------------------------------------------------------
 
-    def _logprobs(self, rows: list[Row], with_entropy: bool = False):
+    def _logprobs(self, rows: list[Row], use_audio_in_video: bool, with_entropy: bool = False):
         return completion_logprobs(
             self.model,
             rows,
             temperature=self.grpo.temperature,
             pad_id=self.processor.tokenizer.pad_token_id,
-            use_audio_in_video=self._use_audio_in_video,
+            use_audio_in_video=use_audio_in_video,
             with_entropy=with_entropy,
             share_prompts=self.grpo.share_prompts and not self.policy.gradient_checkpointing,
         )
@@ -309,40 +261,52 @@ class HintGRPOModule(OmniPolicyModule):
         return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        G = self.grpo.num_generations
-        out = self.rollout(batch, batch_idx)
-        rows, rewards = out["rows"], out["rewards"]
-        std_after = group_reward_std(rewards, G)
+        """A rollout, then grpo.num_iterations updates on it (with dynamic sampling: on buffered groups whose
+        rewards differ, once a full batch of them is collected)."""
+        rollout = self.rollout(batch, batch_idx)
+        self.last_rollout = rollout
+        rows, rewards = rollout.rows, rollout.rewards
+        std_after = group_reward_std(rewards, self.grpo.num_generations)
         if self.grpo.dynamic_sampling:
             rows, rewards = self._fill_from_buffer(rows, rewards, std_after, len(batch["meta"]["id"]))
-            if rows is None:
-                self._log_rollout_metrics(out, std_after)
-                return
+        metrics = None if rows is None else self._update(rows, rewards, rollout.use_audio_in_video)
+        self._log_rollout_metrics(rollout, std_after)
+        if metrics is not None:
+            averages = {f"train/{k}": torch.stack(v).float().mean() for k, v in metrics.items()}
+            self.log_dict(averages, on_step=True, sync_dist=True)
+
+    @torch.no_grad()
+    def _frozen_logprobs(self, rows: list[Row], slices: list[slice], use_audio_in_video: bool):
+        """Per micro-batch: the log-probs before the update (num_iterations > 1) and the reference's (beta > 0)."""
+        old = ref = [None] * len(slices)
+        if self.grpo.num_iterations > 1:
+            old = [self._logprobs(rows[s], use_audio_in_video)[0] for s in slices]
+        if self.grpo.beta > 0:
+            with self._reference():
+                ref = [self._logprobs(rows[s], use_audio_in_video)[0] for s in slices]
+        return old, ref
+
+    def _update(self, rows: list[Row], rewards: torch.Tensor, use_audio_in_video: bool) -> dict[str, list]:
+        """grpo.num_iterations optimizer steps on the completions; returns each micro-batch's loss metrics."""
         advantages = self._advantages(rewards.float())
         mask_rows = torch.ones(len(rows))
         if self.grpo.mask_truncated_completions:
             mask_rows = torch.tensor([0.0 if r.truncated else 1.0 for r in rows])
         slices = self._micro_batches(len(rows))
-        with torch.no_grad():
-            old = [self._logprobs(rows[s])[0] for s in slices] if self.grpo.num_iterations > 1 else None
-            ref = None
-            if self.grpo.beta > 0:
-                with self._reference():
-                    ref = [self._logprobs(rows[s])[0] for s in slices]
+        old, ref = self._frozen_logprobs(rows, slices, use_audio_in_video)
         active_tokens = sum(float(len(r.completion_ids)) for i, r in enumerate(rows) if mask_rows[i] > 0)
         num_items = max(float(all_reduce_sum(torch.tensor(active_tokens))) / self.trainer.world_size, 1.0)  # dapo (TRL)
-        optimizer = self.optimizers()
-        scheduler = self.lr_schedulers()
+        optimizer, scheduler = self.optimizers(), self.lr_schedulers()
         metrics: dict[str, list[torch.Tensor]] = {}
         for _ in range(self.grpo.num_iterations):
             optimizer.zero_grad()
             for k, s in enumerate(slices):
-                logp, mask, entropy = self._logprobs(rows[s], with_entropy=True)
+                logp, mask, entropy = self._logprobs(rows[s], use_audio_in_video, with_entropy=True)
                 mask = mask * mask_rows[s, None].to(mask)
                 loss, step_metrics = policy_loss(
                     logp,
-                    old[k] if old is not None else None,
-                    ref[k] if ref is not None else None,
+                    old[k],
+                    ref[k],
                     advantages[s].to(logp),
                     mask,
                     loss_type=self.grpo.loss_type,
@@ -366,10 +330,7 @@ class HintGRPOModule(OmniPolicyModule):
             optimizer.step()
             if scheduler is not None:
                 scheduler.step()
-        self._log_rollout_metrics(out, std_after)
-        self.log_dict(
-            {f"train/{k}": torch.stack(v).float().mean() for k, v in metrics.items()}, on_step=True, sync_dist=True
-        )
+        return metrics
 
     def _advantages(self, rewards: torch.Tensor) -> torch.Tensor:
         """Advantages of this rank's completions, with the batch statistics ("batch" scale) over every rank's
@@ -394,34 +355,27 @@ class HintGRPOModule(OmniPolicyModule):
         groups, self._group_buffer = self._group_buffer[:prompts_per_step], self._group_buffer[prompts_per_step:]
         return [r for g in groups for r, _ in g], torch.stack([w for g in groups for _, w in g])
 
-    def _log_rollout_metrics(self, out: dict[str, Any], std_after: torch.Tensor) -> None:
-        rewards, per_reward = out["rewards"], out["per_reward"]
-        lengths = torch.tensor([float(len(r.completion_ids)) for r in out["rows"]])
+    def _log_rollout_metrics(self, rollout: Rollout, std_after: torch.Tensor) -> None:
+        lengths = torch.tensor([float(len(r.completion_ids)) for r in rollout.rows])
         metrics = {
-            "reward": torch.nanmean(rewards),
-            "reward_before_hint": out["reward_before"],
+            "reward": torch.nanmean(rollout.rewards),
+            "reward_before_hint": rollout.reward_before,
             "reward_std": torch.nanmean(std_after),
             "frac_reward_zero_std": (torch.nan_to_num(std_after, nan=0.0) == 0).float().mean(),
-            "frac_reward_zero_std_before_hint": (torch.nan_to_num(out["std_before"], nan=0.0) == 0).float().mean(),
-            "hint_rate": out["hint_rate"],
-            "hinted_completions": out["hinted"].float().mean(),
+            "frac_reward_zero_std_before_hint": (torch.nan_to_num(rollout.std_before, nan=0.0) == 0).float().mean(),
+            "hint_rate": rollout.hint_rate,
+            "hinted_completions": rollout.hinted.float().mean(),
             "completions/mean_length": lengths.mean(),
-            "completions/clipped_ratio": out["truncated"].float().mean(),
+            "completions/clipped_ratio": rollout.truncated.float().mean(),
         }
         failures = {}
-        for k, reward in enumerate(self.rewards):
-            metrics[f"rewards/{reward.name}/mean"] = torch.nanmean(per_reward[:, k])
-            failures[f"rewards/{reward.name}/failures"] = torch.tensor(float(out["failures"].get(reward.name, 0)))
+        for k, name in enumerate(rollout.reward_names):
+            metrics[f"rewards/{name}/mean"] = torch.nanmean(rollout.per_reward[:, k])
+            failures[f"rewards/{name}/failures"] = torch.tensor(float(rollout.failures.get(name, 0)))
         # every rank has as many prompts: the mean of the ranks' means is the mean over the global batch
         self.log_dict({f"train/{k}": v.float() for k, v in metrics.items()}, on_step=True, sync_dist=True)
         self.log("train/completions/max_length", lengths.max(), on_step=True, sync_dist=True, reduce_fx="max")
         self.log_dict({f"train/{k}": v for k, v in failures.items()}, on_step=True, sync_dist=True, reduce_fx="sum")
-        names = [reward.name for reward in self.rewards]
-        self.last_rollouts = [
-            {"step": self.global_step, "id": s.clip_id, "completion": s.completion, "hinted": s.hinted,
-             "label": s.label, "reward": float(r), **dict(zip(names, per_reward[i].tolist(), strict=True))}
-            for i, (s, r) in enumerate(zip(out["samples"], rewards, strict=True))
-        ]  # fmt: skip
 
     # --- checkpoints ----------------------------------------------------------------------------------------------
 

@@ -1,53 +1,118 @@
-"""What the SFT and Hint-GRPO LightningModules share: building the policy in configure_model (so FSDP2 can shard
-it), generation-based validation/test/predict with MMSA metrics, lean checkpoints, and the adapter export.
+"""What the SFT and Hint-GRPO LightningModules share: the constructor arguments of both stages, the connection to
+the data (`DataInfo`, made in setup), building the policy in configure_model (so FSDP2 can shard it),
+generation-based validation/test/predict with MMSA metrics, lean checkpoints, and the adapter export.
 
-Each stage subclasses it and adds its own training_step; Hint-GRPO also extends configure_model (the frozen reference
-adapter) and the checkpoint hooks (its hint counters and generator state).
+SFTModule adds its training_step; HintGRPOModule adds its own arguments, a setup check of the data, the frozen
+reference adapter (configure_model), its rollouts and training_step, and its hint counters and generator state in
+the checkpoint hooks.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
 from msathinker.checkpoints import finish_checkpoint, keep_only_trainable_weights, restore_rng_states
+from msathinker.dc_format import Format
 from msathinker.evaluation import CompletionEvaluator, GenerationOptions, generate_completions
 from msathinker.generation import thinker_of
 from msathinker.policy import PolicyOptions, build_policy, check_update_resolution, validate_policy_options
+from msathinker.scales import Scale, ScaleName
 from msathinker.sharding import check_fsdp2_options, is_sharded, shard_policy
 
 
+@dataclass(frozen=True)
+class DataInfo:
+    """What a module knows about its data: read from the DataModule in one place (`DataInfo.of`, called by
+    `OmniPolicyModule.setup`), so no other code reaches into the DataModule and an option such as the output format
+    is set once, on the data."""
+
+    dataset: str
+    """Dataset name (data.init_args.dataset); evaluation logs `<stage>/<dataset>/<metric>`."""
+    scale: Scale
+    """The dataset's label scale: polarity bands, the score reward's tau, MMSA's metric family."""
+    output_format: Format
+    """The completion format the prompts ask for (data.init_args.output_format): completions are parsed with it and
+    hint prefixes written in it."""
+    batch_size: int
+    """Clips per training batch on each process (data.init_args.batch_size): Hint-GRPO's prompts per step."""
+    has_targets: bool
+    """Whether training batches carry SFT targets (data.init_args.targets is set)."""
+
+    @classmethod
+    def of(cls, datamodule: L.LightningDataModule | None) -> DataInfo:
+        """The DataInfo of an MSADataModule (or any DataModule with a `scale` and these hparams)."""
+        if datamodule is None:
+            raise ValueError(
+                "the module reads its label scale, dataset name and output format from a DataModule: give the "
+                "config a `data:` section (class_path data_modules.MSADataModule), or pass "
+                "trainer.fit/validate/test/predict(model, datamodule=...)"
+            )
+        try:
+            h = datamodule.hparams
+            return cls(h.dataset, datamodule.scale, h.output_format, h.batch_size, h.targets is not None)
+        except AttributeError as exc:
+            raise TypeError(
+                f"{type(datamodule).__name__} lacks what the module reads from its data ({exc}): use "
+                "data_modules.MSADataModule or a subclass, or give yours `scale` and the hparams dataset, "
+                "output_format, batch_size and targets"
+            ) from exc
+
+
 class OmniPolicyModule(L.LightningModule):
-    """A thinker with its processor, trained by a subclass and evaluated by generating and parsing completions."""
+    """A thinker with its processor, trained by a subclass and evaluated by generating and parsing completions.
+
+    Args:
+        policy: which checkpoint to load and what trains (LoRA, 4-bit base, frozen towers, checkpointing).
+        optimizer: optimizer class and arguments (class_path/init_args), called with the trainable parameters.
+        scheduler: optional learning-rate scheduler (class_path/init_args), stepped every optimizer step.
+        generation: decoding settings of validation/test/predict.
+        unparsed_score: the prediction scored for a completion with no parsable number (documented policy).
+        prediction_scale: label range the model answers on ("mosei" = [-3, 3], "sims" = [-1, 1]) when evaluating
+            on a dataset with another range (cross-domain); answers are mapped linearly. None: the dataset's own.
+
+    Attributes read by the callbacks:
+        data_info: what the module knows about its data (`DataInfo`), set in setup; None before.
+        evaluator: the running evaluation (its `rows` are the parsed completions so far), created at the start of
+            every validation/test/predict epoch; None before the first.
+        has_adapter: whether the model trains a LoRA adapter that `save_adapter` can write.
+    """
 
     def __init__(
         self,
         policy: PolicyOptions,
-        optimizer: OptimizerCallable,
-        scheduler: LRSchedulerCallable | None,
-        generation: GenerationOptions,
-        output_format: Literal["dc", "plain"],
-        unparsed_score: float,
-        prediction_scale: Literal["mosei", "sims"] | None,
+        optimizer: OptimizerCallable = torch.optim.AdamW,
+        scheduler: LRSchedulerCallable | None = None,
+        generation: GenerationOptions = GenerationOptions(),
+        unparsed_score: float = 0.0,
+        prediction_scale: ScaleName | None = None,
     ):
         super().__init__()
         validate_policy_options(policy)
+        # every __init__ argument of the class and its subclass except the plug-in objects (Hint-GRPO's rewards and
+        # hint); the CLI logs the full resolved config instead
+        self.save_hyperparameters(ignore=["rewards", "hint"], logger=False)
         self.policy = policy
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.generation = generation
-        self.output_format = output_format
         self.unparsed_score = unparsed_score
         self.prediction_scale = prediction_scale
         self.model = None
         self.processor = None
+        self.data_info: DataInfo | None = None
         self.evaluator: CompletionEvaluator | None = None
-        self.eval_dataset: str | None = None
         self.strict_loading = False  # checkpoints hold the trainable weights only
         keep_only_trainable_weights(self)
+
+    def setup(self, stage: str) -> None:
+        """Connect to the data: every fit/validate/test/predict reads the DataInfo of the DataModule it is given."""
+        self.data_info = DataInfo.of(self.trainer.datamodule)
 
     def configure_model(self) -> None:
         if self.model is None:
@@ -86,11 +151,10 @@ class OmniPolicyModule(L.LightningModule):
     # --- evaluation ---------------------------------------------------------------------------------------------
 
     def _start_eval(self) -> None:
-        datamodule = self.trainer.datamodule
+        data = self.data_info
         self.evaluator = CompletionEvaluator(
-            datamodule.scale, self.output_format, self.unparsed_score, self.prediction_scale
+            data.scale, data.output_format, self.unparsed_score, self.prediction_scale
         ).to(self.device)
-        self.eval_dataset = datamodule.hparams.dataset
 
     def _eval_step(self, batch: dict[str, Any]) -> None:
         completions = generate_completions(
@@ -101,7 +165,7 @@ class OmniPolicyModule(L.LightningModule):
     def _end_eval(self, stage: str) -> None:
         metrics = self.evaluator.compute()
         # torchmetrics already reduced the states over the ranks: every rank logs the same values
-        self.log_dict({f"{stage}/{self.eval_dataset}/{k}": v for k, v in metrics.items()}, sync_dist=True)
+        self.log_dict({f"{stage}/{self.data_info.dataset}/{k}": v for k, v in metrics.items()}, sync_dist=True)
 
     def on_validation_epoch_start(self) -> None:
         self._start_eval()

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
 
 import torch
+
+from msathinker.modeling import Quantization
 
 LANGUAGE_MODEL_LORA_TARGETS = (
     r"model\.language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
@@ -60,7 +61,7 @@ class PolicyOptions:
     """LoRA settings; null trains the unfrozen weights in full."""
     adapter_path: str | None = None
     """A saved peft adapter to start from (e.g. the SFT stage's output); trained further."""
-    quantization: Literal["none", "nf4", "fp4"] = "none"
+    quantization: Quantization = "none"
     """4-bit base weights (QLoRA) for the language model's linear layers; needs LoRA. Everything else (towers,
     embeddings, LM head, norms) stays in dtype; the LoRA weights are fp32."""
     dtype: str = "float32"

@@ -10,15 +10,12 @@ parse the completions and report MMSA's metrics under `<stage>/<dataset>/<metric
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
-from msathinker.evaluation import GenerationOptions
 from msathinker.module import OmniPolicyModule
-from msathinker.policy import PolicyOptions
 from msathinker.rollout import thinker_of
 from msathinker.sharding import all_reduce_sum
 
@@ -66,31 +63,17 @@ class NonFiniteLossError(RuntimeError):
 
 
 class SFTModule(OmniPolicyModule):
-    """Supervised fine-tuning of a Qwen2.5-Omni thinker (LoRA by default) with generation-based evaluation.
+    """Supervised fine-tuning of a Qwen2.5-Omni thinker (LoRA by default) with generation-based evaluation. Its
+    arguments are OmniPolicyModule's (policy, optimizer, scheduler, generation, unparsed_score, prediction_scale);
+    the completion format is the data's (data.init_args.output_format)."""
 
-    Args:
-        policy: which checkpoint to load and what trains (LoRA, 4-bit base, frozen towers, checkpointing).
-        optimizer: optimizer class and arguments (class_path/init_args), called with the trainable parameters.
-        scheduler: optional learning-rate scheduler (class_path/init_args), stepped every optimizer step.
-        generation: decoding settings of validation/test/predict.
-        output_format: completion format the answers are parsed with ("dc" or "plain"); match the data's.
-        unparsed_score: the prediction scored for a completion with no parsable number (documented policy).
-        prediction_scale: label range the model answers on ("mosei" = [-3, 3], "sims" = [-1, 1]) when evaluating
-            on a dataset with another range (cross-domain); answers are mapped linearly. None: the dataset's own.
-    """
-
-    def __init__(
-        self,
-        policy: PolicyOptions,
-        optimizer: OptimizerCallable = torch.optim.AdamW,
-        scheduler: LRSchedulerCallable | None = None,
-        generation: GenerationOptions = GenerationOptions(),
-        output_format: Literal["dc", "plain"] = "dc",
-        unparsed_score: float = 0.0,
-        prediction_scale: Literal["mosei", "sims"] | None = None,
-    ):
-        super().__init__(policy, optimizer, scheduler, generation, output_format, unparsed_score, prediction_scale)
-        self.save_hyperparameters(logger=False)  # the CLI logs the full resolved config instead
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        if stage == "fit" and not self.data_info.has_targets:
+            raise ValueError(
+                "SFT trains on target completions: set data.init_args.targets (a teacher-synthesis JSONL, or "
+                "'rules' for the rule-based rationales)"
+            )
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         inputs = batch["inputs"]

@@ -16,7 +16,8 @@ from data_modules import MSADataModule
 from msathinker.dc_format import DCReasoning, parse_completion, render_completion
 from msathinker.evaluation import GenerationOptions
 from msathinker.grpo import group_advantages
-from msathinker.hint_grpo import GRPOOptions, HintGRPOModule
+from msathinker.grpo_options import GRPOOptions
+from msathinker.hint_grpo import HintGRPOModule
 from msathinker.policy import LoraOptions, PolicyOptions
 from msathinker.scales import SCALES
 
@@ -167,9 +168,9 @@ def test_towers_run_once_per_step_and_hints_are_prompt(tiny_model, tmp_path):
     t.fit(module, datamodule=datamodule(tiny_model, tmp_path))
     assert calls == {"audio": 1, "video": 1}  # 1 training step of 2 prompts x 4 completions, 2 iterations
     assert module.counters == {"groups": 2, "hinted_groups": 2}
-    rollouts = module.last_rollouts
-    assert len(rollouts) == 8 and all(r["hinted"] for r in rollouts)
-    assert all(r["completion"].startswith("<think>\n<discrimination> The overall sentiment is ") for r in rollouts)
+    rollout = module.last_rollout
+    assert len(rollout.samples) == 8 and rollout.hinted.all() and all(s.hinted for s in rollout.samples)
+    assert all(s.completion.startswith("<think>\n<discrimination> The overall sentiment is ") for s in rollout.samples)
     assert {"train/reward_before_hint", "train/frac_reward_zero_std_before_hint"} <= set(t.callback_metrics)
 
 
@@ -177,9 +178,9 @@ def test_prompt_placement_and_mix(tiny_model, tmp_path):
     module = grpo_module(tiny_model)
     module.hint = PolarityHint(trigger="always", placement="prompt", use="mix", num_unhinted=1)
     trainer(tmp_path, max_steps=1).fit(module, datamodule=datamodule(tiny_model, tmp_path))
-    hinted = [r["hinted"] for r in module.last_rollouts]
-    assert hinted == [False, True, True, True] * 2
-    assert not any(r["completion"].startswith("<think>\n<discrimination> The overall") for r in module.last_rollouts)
+    rollout = module.last_rollout
+    assert rollout.hinted.tolist() == [s.hinted for s in rollout.samples] == [False, True, True, True] * 2
+    assert not any(s.completion.startswith("<think>\n<discrimination> The overall") for s in rollout.samples)
 
 
 def test_reference_adapter_stays_frozen_and_kl_is_logged(tiny_model, tmp_path):

@@ -1,0 +1,62 @@
+"""What a Hint-GRPO rollout produces: `Rollout`, one training batch's completions, hinted and scored, and `Scores`,
+the rewards of a batch of completions. The sampling and log-prob passes themselves are msathinker.rollout's."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from callbacks.rewards import RewardInput
+from msathinker.rollout import Row
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """One training batch's completions, hinted and scored: what `HintGRPOModule.rollout` returns (cf. torchtune's
+    GRPOTrajectory). P = prompts of the batch on this process, G = grpo.num_generations, R = reward plug-ins.
+
+    Completions are prompt-major: prompt p's G completions are rows p*G to p*G + G - 1. A hinted completion replaced
+    the one first sampled at its place; the "before" statistics are of the first sampling, before any hint.
+    """
+
+    rows: list[Row]
+    """P*G: each completion's prompt ids (the hinted prompt where hinted), prompt media and completion ids."""
+    rewards: torch.Tensor
+    """(P*G,) float64: the weighted sum of the rewards; NaN where every reward failed."""
+    per_reward: torch.Tensor
+    """(P*G, R) float64: each reward's value, in `reward_names` order; NaN where that reward failed."""
+    reward_names: tuple[str, ...]
+    """The R reward plug-ins' names."""
+    truncated: torch.Tensor
+    """(P*G,) bool: the completion hit grpo.max_completion_length without ending its turn."""
+    hinted: torch.Tensor
+    """(P*G,) bool: the completion was sampled from the hinted prompt."""
+    samples: list[RewardInput]
+    """P*G: what the rewards scored (clip id, assistant text with any prefix hint, parsed answer, label)."""
+    failures: dict[str, int]
+    """Reward name -> completions it failed to score (None, NaN or an exception); absent: none."""
+    std_before: torch.Tensor
+    """(P,) each group's reward std before hinting; NaN for a group with fewer than two scored completions."""
+    reward_before: torch.Tensor
+    """() mean reward before hinting."""
+    hint_rate: torch.Tensor
+    """() share of the P groups the hint strategy chose."""
+    use_audio_in_video: bool
+    """The batch interleaves the audio with the video tokens: the log-prob passes must place them the same way."""
+
+
+@dataclass(frozen=True)
+class Scores:
+    """The rewards of N completions (what `HintGRPOModule._score` returns); N = P*G, in row order."""
+
+    samples: list[RewardInput]
+    """What each reward saw, one per completion."""
+    per_reward: torch.Tensor
+    """(N, R) float64, NaN where a reward failed."""
+    total: torch.Tensor
+    """(N,) float64 weighted sum, NaN where every reward failed."""
+    failures: dict[str, int]
+    """Reward name -> completions it failed to score."""
+    correct: torch.Tensor
+    """(N,) bool: the completion's polarity (stated, else its score's band) is the label's."""
