@@ -59,3 +59,9 @@ class GRPOOptions:
     index, hinted or not) instead of the global RNG: the rollouts then do not depend on how the prompts are split
     across processes or batched, so runs on 1 and N processes with the same global batch sample the same
     completions. Exact sampling (Gumbel-max over the temperature / top-p distribution)."""
+
+    def __post_init__(self) -> None:
+        if self.num_generations < 2:
+            raise ValueError(
+                f"grpo.num_generations must be >= 2 (a group needs a baseline), got {self.num_generations}"
+            )

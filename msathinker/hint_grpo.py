@@ -24,7 +24,7 @@ from msathinker.grpo import group_advantages, group_reward_std, masked_mean, pol
 from msathinker.grpo_options import GRPOOptions
 from msathinker.module import OmniPolicyModule
 from msathinker.policy import PolicyOptions
-from msathinker.rollout import Row, completion_logprobs, sample, split_prompt_media, unpadded_prompts
+from msathinker.rollout import PromptMedia, Row, completion_logprobs, sample, split_prompt_media, unpadded_prompts
 from msathinker.rollouts import Rollout, Scores
 from msathinker.sharding import all_reduce_sum
 
@@ -46,7 +46,7 @@ class HintGRPOModule(OmniPolicyModule):
         seed: seed of the hint strategy's random choices (trigger "fraction") and of grpo.per_completion_seeds.
         **kwargs: OmniPolicyModule's arguments: optimizer, scheduler, generation, unparsed_score, prediction_scale.
 
-    Attributes read by the callbacks (besides OmniPolicyModule's):
+    Attributes (besides OmniPolicyModule's):
         last_rollout: the last training step's `Rollout` (callbacks.RolloutTable logs it); None before the first.
         counters: groups and hinted groups so far, over all processes (kept in the checkpoint).
     """
@@ -61,10 +61,6 @@ class HintGRPOModule(OmniPolicyModule):
         **kwargs: Any,
     ):
         super().__init__(policy, **kwargs)
-        if grpo.num_generations < 2:
-            raise ValueError(
-                f"grpo.num_generations must be >= 2 (a group needs a baseline), got {grpo.num_generations}"
-            )
         if hint.use == "mix" and not 1 <= hint.num_unhinted < grpo.num_generations:
             raise ValueError(
                 f"hint.num_unhinted must be in [1, {grpo.num_generations - 1}] with use 'mix', got {hint.num_unhinted}"
@@ -152,7 +148,16 @@ class HintGRPOModule(OmniPolicyModule):
             ids = torch.cat([ids, prefix_ids])
         return ids, prefix
 
-    def _resample_hinted(self, rows, regenerate, prompts, media, labels, seeds, use_audio_in_video) -> list[str]:
+    def _resample_hinted(
+        self,
+        rows: list[Row],
+        regenerate: list[int],
+        prompts: list[torch.Tensor],
+        media: list[PromptMedia],
+        labels: list[float],
+        seeds: list[str],
+        use_audio_in_video: bool,
+    ) -> list[str]:
         """Replace the rows at `regenerate` by completions sampled from their hinted prompts; returns every row's
         assistant prefix (the prefix hint where hinted, else "")."""
         G, scale = self.grpo.num_generations, self.data_info.scale
@@ -165,7 +170,10 @@ class HintGRPOModule(OmniPolicyModule):
             rows[i] = row
         return prefixes
 
-    def _score(self, rows, prefixes, hinted, ids, labels) -> Scores:
+    def _score(
+        self, rows: list[Row], prefixes: list[str], hinted: list[bool], ids: list[str], labels: list[float]
+    ) -> Scores:
+        """Score each row's assistant text (its prefix hint + the decoded completion) against its label."""
         tok, fmt, scale = self.processor.tokenizer, self.data_info.output_format, self.data_info.scale
         texts = [
             p + tok.decode(r.completion_ids, skip_special_tokens=True) for r, p in zip(rows, prefixes, strict=True)

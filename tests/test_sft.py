@@ -188,6 +188,17 @@ def test_cross_domain_test_metric_names(tiny_model, tmp_path):
     assert results["test/demo_sims/parse_failure_rate"] == 1.0  # an untrained model writes no number
 
 
+def test_the_data_connection_names_what_is_missing(tiny_model, tmp_path):
+    sft = module(tiny_model)
+    with pytest.raises(ValueError, match=r"datamodule=\.\.\."):
+        trainer(tmp_path).fit(sft, train_dataloaders=torch.utils.data.DataLoader([0]))
+    with pytest.raises(TypeError, match=r"use data_modules\.MSADataModule"):
+        trainer(tmp_path).fit(sft, datamodule=L.LightningDataModule())
+    with pytest.raises(ValueError, match=r"set data\.init_args\.targets"):
+        trainer(tmp_path).fit(sft, datamodule=datamodule(tiny_model, tmp_path, targets=None))
+    assert sft.model is None  # each failed before the model was built
+
+
 def test_missing_model_path_is_a_clear_error(tmp_path):
     sft = SFTModule(policy=PolicyOptions(model_path=str(tmp_path / "nowhere")))
     with pytest.raises(FileNotFoundError, match=r"no config\.json there"):
