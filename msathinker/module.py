@@ -2,9 +2,9 @@
 the data (`DataInfo`, made in setup), building the policy in configure_model (so FSDP2 can shard it),
 generation-based validation/test/predict with MMSA metrics, lean checkpoints, and the adapter export.
 
-SFTModule adds its training_step; HintGRPOModule adds its own arguments, a setup check of the data, the frozen
-reference adapter (configure_model), its rollouts and training_step, and its hint counters and generator state in
-the checkpoint hooks.
+SFTModule adds a setup check (the data has targets) and its training_step; HintGRPOModule adds its own arguments, a
+setup check of the data, the frozen reference adapter (configure_model), its rollouts and training_step, and its
+hint counters and generator state in the checkpoint hooks.
 """
 
 from __future__ import annotations
