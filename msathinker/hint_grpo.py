@@ -17,14 +17,15 @@ from typing import Any, Literal
 import torch
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 
-from callbacks.hints import HintStrategy, PolarityHint
-from callbacks.rewards import Reward, RewardInput, compute_rewards, default_rewards
 from msathinker.dc_format import parse_completion, polarity_of
 from msathinker.evaluation import GenerationOptions, stable_hash
 from msathinker.generation import END_OF_TURN, special_token_id
 from msathinker.grpo import LossType, RewardScale, group_advantages, group_reward_std, masked_mean, policy_loss
+from msathinker.hints import HintStrategy
 from msathinker.module import OmniPolicyModule
+from msathinker.plugins import default_hint, default_rewards
 from msathinker.policy import PolicyOptions
+from msathinker.rewards import Reward, RewardInput, compute_rewards
 from msathinker.rollout import Row, completion_logprobs, sample, split_prompt_media, unpadded_prompts
 from msathinker.sharding import all_reduce_sum
 
@@ -108,7 +109,7 @@ class HintGRPOModule(OmniPolicyModule):
         policy: PolicyOptions,
         grpo: GRPOOptions = GRPOOptions(),
         rewards: list[Reward] | None = None,
-        hint: HintStrategy = PolarityHint(),
+        hint: HintStrategy = default_hint(),
         optimizer: OptimizerCallable = torch.optim.AdamW,
         scheduler: LRSchedulerCallable | None = None,
         generation: GenerationOptions = GenerationOptions(),

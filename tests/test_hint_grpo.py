@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from callbacks import FormatReward, NoHint, PolarityHint, PolarityReward, Reward, RewardInput, ScoreReward
-from callbacks.rewards import compute_rewards
 from data_modules import MSADataModule
 from msathinker.dc_format import DCReasoning, parse_completion, render_completion
 from msathinker.evaluation import GenerationOptions
 from msathinker.grpo import group_advantages
 from msathinker.hint_grpo import GRPOOptions, HintGRPOModule
 from msathinker.policy import LoraOptions, PolicyOptions
+from msathinker.rewards import compute_rewards
 from msathinker.scales import SCALES
 
 MOSEI = SCALES["mosei"]
