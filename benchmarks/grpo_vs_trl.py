@@ -12,7 +12,7 @@ steps, loss_type, beta, temperature 1, top_p 1, top_k 0; the media tokens suppre
 the image token itself when given a processor); LoRA with peft (same r, alpha, dropout, target regex); AdamW with
 the same lr and weight decay 0, constant lr, gradient-norm clip 1.0; float32, gradient checkpointing off (or on for
 both with --gradient-checkpointing); one optimizer step per generation batch, so neither computes old log-probs;
-the rewards (format + polarity + score from callbacks.rewards, given to TRL as one reward function).
+the rewards (the default format + polarity + score of msathinker.plugins, given to TRL as one reward function).
 
 TRL settings that are not its defaults: bf16=False and gradient_checkpointing=False (its defaults are bf16 autocast
 and checkpointing; set so both do the same float32 work), use_cpu, report_to="none", save_strategy="no",
@@ -112,10 +112,11 @@ def run_trl(args, clock: StepClock) -> dict:
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from callbacks.rewards import RewardInput, compute_rewards, default_rewards
     from data_modules.msa import EpochSeededSampler
     from msathinker.dc_format import parse_completion
     from msathinker.modeling import load_thinker
+    from msathinker.plugins import default_rewards
+    from msathinker.rewards import RewardInput, compute_rewards
     from msathinker.rollout import media_token_ids
 
     data = text_data(args)

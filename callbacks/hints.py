@@ -1,11 +1,9 @@
-"""Hint strategies for Hint-GRPO (docs/method.md, Hint), chosen in YAML:
+"""The hint strategies of Hint-GRPO (docs/method.md, Hint): no hint, or the label's polarity. Each is a
+`HintStrategy` of the core's interface (msathinker/hints.py, which also says how the module uses it), chosen in YAML:
 
     hint:
       class_path: callbacks.PolarityHint
       init_args: {trigger: no_correct_polarity, placement: prefix, use: replace}
-
-A strategy decides which groups of a step get a hint; the module then regenerates those groups (all G completions
-with "replace", G - num_unhinted with "mix") from a hinted prompt. Hint tokens are prompt: never in the loss.
 """
 
 from __future__ import annotations
@@ -14,33 +12,9 @@ from typing import Literal
 
 import torch
 
-from msathinker.dc_format import Format, Polarity, hint_prefix, hint_sentence
+from msathinker.hints import HintStrategy
 
 Trigger = Literal["no_correct_polarity", "zero_std", "always", "fraction"]
-
-
-class HintStrategy:
-    """No hint (plain GRPO). Subclasses choose groups and say how the hint is given."""
-
-    placement: Literal["prefix", "prompt"] = "prefix"
-    use: Literal["replace", "mix"] = "replace"
-    num_unhinted: int = 0
-
-    def select(
-        self, correct_polarity: torch.Tensor, reward_std: torch.Tensor, generator: torch.Generator
-    ) -> torch.Tensor:
-        """Which groups get a hint: bool (num_groups,). `correct_polarity` (num_groups, G) says which completions
-        have the label's polarity (stated, else their score's band); `reward_std` (num_groups,) is each group's
-        reward std before hints."""
-        return torch.zeros(len(reward_std), dtype=torch.bool)
-
-    def assistant_prefix(self, polarity: Polarity, fmt: Format = "dc") -> str:
-        """Text the assistant turn is forced to start with ("prefix" placement)."""
-        return hint_prefix(polarity, fmt) if self.placement == "prefix" else ""
-
-    def prompt_line(self, polarity: Polarity) -> str:
-        """Line appended to the user turn ("prompt" placement)."""
-        return "\n" + hint_sentence(polarity) if self.placement == "prompt" else ""
 
 
 class NoHint(HintStrategy):

@@ -12,10 +12,9 @@ from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import MLFlowLogger
 from lightning.pytorch.plugins.io import CheckpointIO
 
-from callbacks import CompletionsTable, ExportAdapter, ProgressOptions
-from callbacks.progress import default_progress_bar
 from data_modules import MSADataModule
 from msathinker.checkpoints import AtomicCheckpointIO
+from msathinker.plugins import DEFAULTS, resolve
 from msathinker.tracking import default_tracking_uri
 
 
@@ -65,8 +64,9 @@ class MSACLI(LightningCLI):
     """LightningCLI whose model and data are given by class_path/init_args. The model's checkpoint also picks the
     processor the DataModule uses, and its prediction_scale the range the prompt states.
 
-    The Trainer it builds also gets, unless the config gives its own:
-    - a progress bar (`callbacks.progress.default_progress_bar`): Rich's bar on a terminal, a plain line every
+    The Trainer it builds also gets the completions-table and adapter-export callbacks (their sections
+    `completions_table`, `export_adapter`) and, unless the config gives its own:
+    - a progress bar (msathinker.plugins.DEFAULTS["progress_bar"]): Rich's bar on a terminal, a plain line every
       `progress.every_n_steps` steps when stdout is not a terminal (a log file); none with
       `trainer.enable_progress_bar: false`;
     - `msathinker.checkpoints.AtomicCheckpointIO` as its checkpoint writer (no half-written checkpoint file after a
@@ -79,15 +79,16 @@ class MSACLI(LightningCLI):
     def add_arguments_to_parser(self, parser) -> None:
         parser.link_arguments("model.init_args.policy.model_path", "data.init_args.processor_path")
         parser.link_arguments("model.init_args.prediction_scale", "data.init_args.prompt_scale")
-        parser.add_lightning_class_args(CompletionsTable, "completions_table")
-        parser.add_lightning_class_args(ExportAdapter, "export_adapter")
-        parser.add_class_arguments(ProgressOptions, "progress")
+        parser.add_lightning_class_args(resolve(DEFAULTS["completions_table"]), "completions_table")
+        parser.add_lightning_class_args(resolve(DEFAULTS["export_adapter"]), "export_adapter")
+        parser.add_class_arguments(resolve(DEFAULTS["progress_options"]), "progress")
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Any:
         given = config.get("callbacks") or []
         given = [*(given if isinstance(given, list) else [given]), *callbacks]
         if config.get("enable_progress_bar") is not False and not any(isinstance(c, ProgressBar) for c in given):
-            callbacks = [*callbacks, default_progress_bar(self._get(self.config_init, "progress"))]
+            progress_bar = resolve(DEFAULTS["progress_bar"])(self._get(self.config_init, "progress"))
+            callbacks = [*callbacks, progress_bar]
         plugins = config.get("plugins") or []
         plugins = plugins if isinstance(plugins, list) else [plugins]
         if not any(isinstance(p, CheckpointIO) for p in plugins):

@@ -15,15 +15,16 @@ from typing import Any
 
 import torch
 
-from callbacks.hints import HintStrategy, PolarityHint
-from callbacks.rewards import Reward, RewardInput, compute_rewards, default_rewards
 from msathinker.dc_format import parse_completion, polarity_of
 from msathinker.evaluation import stable_hash
 from msathinker.generation import END_OF_TURN, special_token_id
 from msathinker.grpo import group_advantages, group_reward_std, masked_mean, policy_loss
 from msathinker.grpo_options import GRPOOptions
+from msathinker.hints import HintStrategy
 from msathinker.module import OmniPolicyModule
+from msathinker.plugins import default_hint, default_rewards
 from msathinker.policy import PolicyOptions
+from msathinker.rewards import Reward, RewardInput, compute_rewards
 from msathinker.rollout import PromptMedia, Row, completion_logprobs, sample, split_prompt_media, unpadded_prompts
 from msathinker.rollouts import Rollout, Scores
 from msathinker.sharding import all_reduce_sum
@@ -56,7 +57,7 @@ class HintGRPOModule(OmniPolicyModule):
         policy: PolicyOptions,
         grpo: GRPOOptions = GRPOOptions(),
         rewards: list[Reward] | None = None,
-        hint: HintStrategy = PolarityHint(),
+        hint: HintStrategy = default_hint(),
         seed: int = 0,
         **kwargs: Any,
     ):

@@ -5,7 +5,7 @@ The towers run once per prompt per step; the G completions, the hinted regenerat
 (policy, old, reference) reuse the features. The thinker's forward accepts `inputs_embeds` together with
 `input_ids` and the grids, so TMRoPE positions are still computed by the model's own get_rope_index. With
 `encode_once=False` the rows carry the raw media instead and the towers run on every call (the naive path the
-benchmark compares against).
+benchmark compares against). What this needs of the model's internals is in msathinker/qwen_omni.py.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch
 
 from msathinker.generation import generate, generation_config, thinker_of
 from msathinker.grpo import token_entropy, token_logprobs
+from msathinker.qwen_omni import audio_token_counts, embed_with_media, reorder_rope_deltas, rope_positions
 
 
 @dataclass
@@ -57,8 +58,7 @@ def split_prompt_media(model, inputs: dict, encode_once: bool) -> list[PromptMed
             encoded = thinker.model.get_audio_features(
                 inputs["input_features"], inputs["feature_attention_mask"], return_dict=True
             ).last_hidden_state
-            _, token_counts = thinker.model.audio_tower._get_feat_extract_output_lengths(audio_lengths)
-            audio_features = torch.split(encoded, token_counts.tolist())
+            audio_features = torch.split(encoded, audio_token_counts(thinker, audio_lengths).tolist())
         if encode_once and "pixel_values_videos" in inputs:
             video_features = thinker.model.get_video_features(
                 inputs["pixel_values_videos"], grids, return_dict=True
@@ -112,15 +112,9 @@ def model_kwargs(model, rows: list[Row], pad_id: int, use_audio_in_video: bool) 
             kwargs["use_audio_in_video"] = True
     encoded = media[0].input_features is None and media[0].pixel_values_videos is None
     if encoded:
-        embeds = thinker.get_input_embeddings()(ids)
-        config = thinker.config
-        if media[0].audio_features is not None:
-            audio = torch.cat([m.audio_features for m in media]).to(embeds.dtype)
-            embeds = embeds.masked_scatter((ids == config.audio_token_index)[..., None], audio)
-        if media[0].video_features is not None:
-            video = torch.cat([m.video_features for m in media]).to(embeds.dtype)
-            embeds = embeds.masked_scatter((ids == config.video_token_index)[..., None], video)
-        kwargs["inputs_embeds"] = embeds
+        audio = torch.cat([m.audio_features for m in media]) if media[0].audio_features is not None else None
+        video = torch.cat([m.video_features for m in media]) if media[0].video_features is not None else None
+        kwargs["inputs_embeds"] = embed_with_media(thinker, ids, audio, video)
     else:
         if media[0].input_features is not None:
             frames = kwargs["feature_attention_mask"].shape[1]
@@ -199,7 +193,7 @@ def sample(
     prefix = {k: v[:, :-1] if k in ("input_ids", "attention_mask", "inputs_embeds") else v for k, v in kwargs.items()}
     cache = thinker.model(**prefix, use_cache=True).cache
     cache.reorder_cache(owner)
-    thinker.model.rope_deltas = thinker.model.rope_deltas[owner]  # the prefill's TMRoPE offsets, one per row
+    reorder_rope_deltas(thinker, owner)  # the prefill's TMRoPE offsets, one per row
     extra = {}
     if generators is not None:
         from transformers import LogitsProcessorList
@@ -245,8 +239,8 @@ def _shared_prompt_hidden(model, rows: list[Row], pad_id: int, use_audio_in_vide
     kwargs, _ = model_kwargs(model, prompts, pad_id, use_audio_in_video)
     prompt_mask = kwargs["attention_mask"]
     audio_lengths = kwargs["feature_attention_mask"].sum(-1) if "feature_attention_mask" in kwargs else None
-    positions, _ = thinker.model.get_rope_index(
-        kwargs["input_ids"], None, kwargs.get("video_grid_thw"), prompt_mask, use_audio_in_video, audio_lengths,
+    positions = rope_positions(
+        thinker, kwargs["input_ids"], prompt_mask, kwargs.get("video_grid_thw"), use_audio_in_video, audio_lengths,
         kwargs.get("video_second_per_grid"),
     )  # fmt: skip
     out = thinker.model(**kwargs, position_ids=positions, use_cache=True)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from callbacks.rewards import RewardInput
+from msathinker.rewards import RewardInput
 from msathinker.rollout import Row
 
 

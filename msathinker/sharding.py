@@ -18,6 +18,7 @@ from torch import nn
 
 from msathinker.checkpoints import pause_for_tests, remove_torn_saves, replace_directory, temporary_path
 from msathinker.policy import FSDPOptions
+from msathinker.qwen_omni import init_fsdp_root
 
 
 def check_fsdp2_options(tensor_parallel_size: int, quantization: str) -> None:
@@ -51,9 +52,7 @@ def shard_policy(model: nn.Module, thinker: nn.Module, mesh, options: FSDPOption
     for unit in fsdp_units(thinker):
         fully_shard(unit, mesh=mesh, reshard_after_forward=options.reshard_after_forward)
     fully_shard(model, mesh=mesh, reshard_after_forward=options.reshard_after_forward)
-    # FSDP2 takes the first module to run forward as the root. Rollouts call the towers and the embeddings before
-    # any forward of `model`, which would make them roots of their own; initialise the real root now.
-    fully_shard.state(model)._lazy_init()
+    init_fsdp_root(model)
 
 
 def is_sharded(model: nn.Module) -> bool:

@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from callbacks import FormatReward, NoHint, PolarityHint, PolarityReward, Reward, RewardInput, ScoreReward
-from callbacks.rewards import compute_rewards
 from data_modules import MSADataModule
 from msathinker.dc_format import DCReasoning, parse_completion, render_completion
 from msathinker.evaluation import GenerationOptions
@@ -19,6 +18,7 @@ from msathinker.grpo import group_advantages
 from msathinker.grpo_options import GRPOOptions
 from msathinker.hint_grpo import HintGRPOModule
 from msathinker.policy import LoraOptions, PolicyOptions
+from msathinker.rewards import compute_rewards
 from msathinker.scales import SCALES
 
 MOSEI = SCALES["mosei"]
