@@ -112,7 +112,7 @@ def run_trl(args, clock: StepClock) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     from callbacks.rewards import RewardInput, compute_rewards, default_rewards
-    from data_modules.msa import EpochSeededSampler
+    from data_modules.sampler import EpochSeededSampler
     from msathinker.dc_format import parse_completion
     from msathinker.modeling import load_thinker
     from msathinker.rollout import media_token_ids
