@@ -6,6 +6,8 @@ import csv
 import json
 import logging
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -380,3 +382,15 @@ def test_ids_are_strings_with_leading_zeros(tiny_model, media_cache):
 def test_real_dataset_needs_root():
     with pytest.raises(ValueError, match="needs data_root"):
         MSADataModule(dataset="mosei", processor_path="tiny")
+
+
+def test_the_real_path_imports_no_demo_code(tmp_path):
+    """Only a demo alias ("tiny", "demo_mosi", ...) imports msathinker.demo; a real model path and data root do not."""
+    code = (
+        "import sys; from data_modules import MSADataModule; from msathinker.assets import resolve_model_path; "
+        f"dm = MSADataModule(dataset='mosi', processor_path='Qwen/Qwen2.5-Omni-7B', data_root={str(tmp_path)!r}); "
+        "assert dm.root.name and resolve_model_path('Qwen/Qwen2.5-Omni-7B') == 'Qwen/Qwen2.5-Omni-7B'; "
+        "print(sorted(m for m in sys.modules if m.startswith('msathinker.demo')))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
