@@ -21,7 +21,8 @@ def main() -> None:
     args = parser.parse_args()
 
     from data_modules import MSADataModule
-    from msathinker.assets import demo_dataset, resolve_model_path
+    from msathinker.assets import resolve_model_path
+    from msathinker.demo.assets import demo_dataset
 
     model = resolve_model_path("tiny")
     if args.dataset.startswith("demo_"):

@@ -43,10 +43,10 @@ def main() -> None:
 
     from callbacks import PolarityHint
     from data_modules import MSADataModule
+    from msathinker.demo.tiny import write_tiny_checkpoint
     from msathinker.grpo_options import GRPOOptions
     from msathinker.hint_grpo import HintGRPOModule
     from msathinker.policy import LoraOptions, PolicyOptions
-    from msathinker.tiny import write_tiny_checkpoint
 
     torch.set_num_threads(2)
 

@@ -112,7 +112,7 @@ def run_trl(args, clock: StepClock) -> dict:
     from transformers import TrainerCallback
     from trl import GRPOConfig, GRPOTrainer
 
-    from data_modules.msa import EpochSeededSampler
+    from data_modules.sampler import EpochSeededSampler
     from msathinker.dc_format import parse_completion
     from msathinker.modeling import load_thinker
     from msathinker.plugins import default_rewards

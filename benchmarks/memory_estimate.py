@@ -77,7 +77,7 @@ def clip_tokens(fps: float, max_frames: int, max_pixels: int, audio_seconds: flo
     largest size max_pixels allows (16:9), and audio_seconds of 16 kHz audio."""
     import numpy as np
 
-    from msathinker.tiny import build_processor, build_tokenizer
+    from msathinker.demo.tiny import build_processor, build_tokenizer
 
     processor = build_processor(build_tokenizer("small"))
     height = int((max_pixels * 9 / 16) ** 0.5)

@@ -26,7 +26,8 @@ from msathinker.dc_format import parse_completion, polarity_of
 from msathinker.scales import SCALES, Scale, ScaleName, scale_of
 
 if TYPE_CHECKING:
-    from data_modules.msa import MediaCache, MSACollator
+    from data_modules.collator import MSACollator
+    from data_modules.media_cache import MediaCache
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class TrainingSettings:
 
     def media_cache(self, directory: Path) -> MediaCache:
         """Decodes clips with the training options (what MSADataModule's media cache does with them)."""
-        from data_modules.msa import MediaCache, MediaOptions
+        from data_modules.media_cache import MediaCache, MediaOptions
 
         p = self.prompt
         options = MediaOptions(
@@ -81,7 +82,7 @@ class TrainingSettings:
 
     def prompt_builder(self, processor, scale: Scale) -> MSACollator:
         """Builds prompts with the training options (what MSADataModule.build_collator does with them)."""
-        from data_modules.msa import MSACollator
+        from data_modules.collator import MSACollator
 
         p = self.prompt
         return MSACollator(
@@ -94,7 +95,7 @@ def read_run_config(path: Path | None) -> TrainingSettings:
     """The training settings of a LightningCLI config (see the module docstring); None gives the defaults."""
     import yaml
 
-    from data_modules.msa import MSADataModule
+    from data_modules import MSADataModule
 
     config: dict[str, Any] = {}
     if path is not None:

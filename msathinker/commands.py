@@ -28,7 +28,7 @@ def tiny_checkpoint(
             the released checkpoints: thinker, tiny talker and token2wav).
         seed: seed of the random weights.
     """
-    from msathinker.tiny import write_tiny_checkpoint
+    from msathinker.demo.tiny import write_tiny_checkpoint
 
     path = write_tiny_checkpoint(out_dir, preset=preset, tokenizer=tokenizer, layout=layout, seed=seed)
     print(f"wrote {preset} checkpoint ({tokenizer} tokenizer, {layout} layout) to {path}")
@@ -42,7 +42,7 @@ def demo_data(out_dir: str, domain: Literal["demo_mosi", "demo_sims"] = "demo_mo
         domain: "demo_mosi" (English, labels on [-3, 3]) or "demo_sims" (Chinese, labels on [-1, 1]).
         seed: seed of the generator; the same seed gives the same dataset.
     """
-    from msathinker.demo_data import generate_demo_dataset
+    from msathinker.demo.data import generate_demo_dataset
 
     path = generate_demo_dataset(out_dir, domain=domain, seed=seed)
     print(f"wrote {domain} to {path}")

@@ -25,7 +25,6 @@ def _test(cli, cross_domain: list[str]) -> dict[str, float]:
     """Test the trained model in-domain and on each cross-domain dataset (answers mapped to that range)."""
     import lightning as L
 
-    from data_modules import MSADataModule
     from msathinker.scales import scale_of
 
     results = dict(cli.trainer.test(cli.model, datamodule=cli.datamodule)[0])
@@ -41,7 +40,8 @@ def _test(cli, cross_domain: list[str]) -> dict[str, float]:
             accelerator=cli.trainer.accelerator, devices=1, precision=cli.trainer.precision, logger=False,
             enable_checkpointing=False, limit_test_batches=cli.trainer.limit_test_batches, enable_progress_bar=False,
         )  # fmt: skip
-        metrics = tester.test(cli.model, datamodule=MSADataModule(**hparams))[0]
+        data = type(cli.datamodule)(**hparams)  # the stage's own DataModule class (e.g. the demo's)
+        metrics = tester.test(cli.model, datamodule=data)[0]
         if cli.trainer.logger is not None:
             cli.trainer.logger.log_metrics(metrics, step=cli.trainer.global_step)
         results.update(metrics)

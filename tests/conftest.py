@@ -41,7 +41,7 @@ def tiny_dc() -> str:
 @pytest.fixture(scope="session")
 def demo_mosi() -> Path:
     """Root of the cached demo_mosi dataset (generated on first use)."""
-    from msathinker.assets import demo_dataset
+    from msathinker.demo.assets import demo_dataset
 
     return demo_dataset("demo_mosi")
 

@@ -66,7 +66,7 @@ def test_every_experiment_config_parses(monkeypatch, tmp_path):
 
 
 def test_demo_data_command(tmp_path):
-    from msathinker.demo_data import DOMAINS
+    from msathinker.demo.data import DOMAINS
 
     result = run("demo-data", str(tmp_path / "sims"), "--domain", "demo_sims", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -6,21 +6,22 @@ import csv
 import json
 import logging
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from data_modules import DataError, MSADataModule
-from data_modules.msa import read_label_table
-from msathinker.demo_data import LABEL_COLUMNS, write_mp4
+from data_modules import DataError, DemoDataModule, MSADataModule, read_label_table
+from msathinker.demo.data import LABEL_COLUMNS, write_mp4
 from msathinker.media import decode_clip
 from msathinker.modeling import load_thinker
 from msathinker.scales import SCALES
 
 
-def make_dm(tiny_model: str, media_cache: str, **kwargs) -> MSADataModule:
+def make_dm(tiny_model: str, media_cache: str, cls: type[MSADataModule] = MSADataModule, **kwargs) -> MSADataModule:
     defaults = {
         "dataset": "demo_mosi",
         "processor_path": tiny_model,
@@ -28,7 +29,7 @@ def make_dm(tiny_model: str, media_cache: str, **kwargs) -> MSADataModule:
         "max_clips": 6,
         "batch_size": 3,
     }
-    return MSADataModule(**{**defaults, **kwargs})
+    return cls(**{**defaults, **kwargs})
 
 
 def first_batch(dm: MSADataModule, stage: str = "fit", loader: str = "train_dataloader") -> dict:
@@ -47,7 +48,7 @@ def test_batch_matches_stock_processor(tiny_model, media_cache):
     inputs, meta = batch["inputs"], batch["meta"]
     assert inputs["input_ids"].shape[0] == 3 and len(meta["id"]) == 3
     assert meta["label"].dtype == torch.float32 and all("$_$" in i for i in meta["id"])
-    assert meta["dataset"] == ["demo_mosi"] * 3 and meta["scale"] == ["mosei"] * 3
+    assert set(meta) == {"id", "label"}  # what the modules read, nothing else
     assert inputs["video_grid_thw"].shape == (3, 3) and inputs["feature_attention_mask"].shape[0] == 3
     processor = dm.collator.processor
     tok = processor.tokenizer
@@ -92,14 +93,14 @@ def test_video_time_is_each_clips_real_frame_spacing(tiny_model, media_cache, tm
 
 
 def test_media_cache_holds_the_frame_spacing_and_its_format_is_in_the_key(tiny_model, media_cache, monkeypatch):
-    import data_modules.msa as msa
+    import data_modules.media_cache as cache_module
 
     dm = make_dm(tiny_model, media_cache, max_clips=1)
     dm.setup("validate")
     (entry,) = Path(media_cache).rglob("*.npz")
     with np.load(entry) as cached:
         assert float(cached["frame_spacing"]) == decode_clip(dm.datasets["valid"].records[0].path).frame_spacing
-    monkeypatch.setattr(msa, "MEDIA_CACHE_FORMAT", msa.MEDIA_CACHE_FORMAT + 1)
+    monkeypatch.setattr(cache_module, "MEDIA_CACHE_FORMAT", cache_module.MEDIA_CACHE_FORMAT + 1)
     make_dm(tiny_model, media_cache, max_clips=1).setup("validate")
     assert len(list(Path(media_cache).rglob("*.npz"))) == 2  # an entry of another format is never read
 
@@ -137,7 +138,7 @@ def test_rule_based_targets(tiny_model, media_cache):
 
 
 def test_blank_fraction_blanks_a_fixed_share_of_training_clips_only(tiny_model, media_cache):
-    dm = make_dm(tiny_model, media_cache, targets="rules", blank_fraction=0.3, max_clips=40)
+    dm = make_dm(tiny_model, media_cache, DemoDataModule, targets="rules", blank_fraction=0.3, max_clips=40)
     dm.setup("fit")
     train, val = dm.datasets["train"], dm.datasets["valid"]
     blank = [train[i] for i, r in enumerate(train.records) if r.id in train.blank_ids]
@@ -145,11 +146,11 @@ def test_blank_fraction_blanks_a_fixed_share_of_training_clips_only(tiny_model, 
     assert all(b["text"] == "" and not b["frames"].any() and not b["audio"].any() and b["target"] for b in blank)
     other = next(train[i] for i, r in enumerate(train.records) if r.id not in train.blank_ids)
     assert other["text"] and other["frames"].any()
-    again = make_dm(tiny_model, media_cache, targets="rules", blank_fraction=0.3, max_clips=40)
+    again = make_dm(tiny_model, media_cache, DemoDataModule, targets="rules", blank_fraction=0.3, max_clips=40)
     again.setup("fit")
     assert again.datasets["train"].blank_ids == train.blank_ids
     with pytest.raises(ValueError, match="blank_fraction"):
-        make_dm(tiny_model, media_cache, blank_fraction=1.0)
+        make_dm(tiny_model, media_cache, DemoDataModule, blank_fraction=1.0)
 
 
 @pytest.mark.parametrize(
@@ -179,22 +180,36 @@ def test_use_audio_in_video_interleaves_and_runs(tiny_model, media_cache):
 
 
 def test_media_is_decoded_once(tiny_model, media_cache, monkeypatch):
-    import data_modules.msa as msa
+    import data_modules.media_cache as cache_module
 
     calls = []
-    real = msa.decode_clip
+    real = cache_module.decode_clip
 
     def counting(*args, **kwargs):
         calls.append(args[0])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(msa, "decode_clip", counting)
+    monkeypatch.setattr(cache_module, "decode_clip", counting)
     dm = make_dm(tiny_model, media_cache)
     dm.setup("validate")
     for _ in range(2):  # two epochs
         list(dm.val_dataloader())
     make_dm(tiny_model, media_cache).setup("validate")  # a second run reuses the cache
     assert len(calls) == 6 and len(set(calls)) == 6
+
+
+def test_prepare_data_fills_the_cache_and_setup_builds_what_the_loaders_serve(tiny_model, media_cache, monkeypatch):
+    import data_modules.media_cache as cache_module
+
+    dm = make_dm(tiny_model, media_cache)
+    with pytest.raises(RuntimeError, match=r"split 'valid' is not set up; call setup\('validate'\)"):
+        dm.val_dataloader()
+    dm.prepare_data()  # no trainer: every split
+    assert not dm.datasets  # nothing kept on self: Lightning runs it on one rank per node
+    calls = []
+    monkeypatch.setattr(cache_module, "decode_clip", lambda *args, **kwargs: calls.append(args[0]))
+    dm.setup("validate")
+    assert len(next(iter(dm.val_dataloader()))["meta"]["id"]) == 3 and not calls  # setup only read the cache
 
 
 # --- bad input -------------------------------------------------------------------------------------------------
@@ -367,3 +382,15 @@ def test_ids_are_strings_with_leading_zeros(tiny_model, media_cache):
 def test_real_dataset_needs_root():
     with pytest.raises(ValueError, match="needs data_root"):
         MSADataModule(dataset="mosei", processor_path="tiny")
+
+
+def test_the_real_path_imports_no_demo_code(tmp_path):
+    """Only a demo alias ("tiny", "demo_mosi", ...) imports msathinker.demo; a real model path and data root do not."""
+    code = (
+        "import sys; from data_modules import MSADataModule; from msathinker.assets import resolve_model_path; "
+        f"dm = MSADataModule(dataset='mosi', processor_path='Qwen/Qwen2.5-Omni-7B', data_root={str(tmp_path)!r}); "
+        "assert dm.root.name and resolve_model_path('Qwen/Qwen2.5-Omni-7B') == 'Qwen/Qwen2.5-Omni-7B'; "
+        "print(sorted(m for m in sys.modules if m.startswith('msathinker.demo')))"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"

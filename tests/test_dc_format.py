@@ -20,7 +20,7 @@ from msathinker.dc_format import (
     task_instruction,
     verdict_sentence,
 )
-from msathinker.rationale import rule_based_rationale
+from msathinker.demo.rationale import rule_based_rationale
 from msathinker.scales import SCALES
 
 MOSEI, SIMS = SCALES["mosei"], SCALES["sims"]

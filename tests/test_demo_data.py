@@ -7,7 +7,7 @@ import csv
 import numpy as np
 import pytest
 
-from msathinker.demo_data import DOMAINS, LABEL_COLUMNS, PITCH_HZ, sample_clips
+from msathinker.demo.data import DOMAINS, LABEL_COLUMNS, PITCH_HZ, sample_clips
 from msathinker.media import decode_clip
 from msathinker.scales import SCALES
 
@@ -63,7 +63,7 @@ def test_audio_and_video_carry_the_delivered_polarity(demo_mosi):
 
 
 def test_sims_domain_conventions(tmp_path):
-    from msathinker.assets import demo_dataset
+    from msathinker.demo.assets import demo_dataset
 
     rows = read_rows(demo_dataset("demo_sims"))
     assert all(len(r["clip_id"]) == 4 and r["clip_id"].isdigit() for r in rows)
@@ -73,7 +73,7 @@ def test_sims_domain_conventions(tmp_path):
 
 
 def test_generate_refuses_a_non_empty_directory(tmp_path):
-    from msathinker.demo_data import generate_demo_dataset
+    from msathinker.demo.data import generate_demo_dataset
 
     (tmp_path / "x").mkdir()
     (tmp_path / "x" / "keep.txt").write_text("mine")

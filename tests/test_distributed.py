@@ -23,7 +23,7 @@ import yaml
 from safetensors.torch import load_file
 
 from callbacks import Reward, RewardInput
-from data_modules.msa import EpochSeededSampler
+from data_modules.sampler import EpochSeededSampler
 from msathinker.rollout import PerRowGumbelSampling, Row, sample, split_prompt_media, unpadded_prompts
 
 REPO = Path(__file__).resolve().parents[1]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from msathinker.demo_data import write_mp4
+from msathinker.demo.data import write_mp4
 from msathinker.media import MediaError, decode_clip
 
 

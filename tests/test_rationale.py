@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from msathinker.dc_format import parse_completion, polarity_of
-from msathinker.rationale import rule_based_rationale
+from msathinker.demo.rationale import rule_based_rationale
 from msathinker.scales import SCALES
 
 TRANSCRIPTS = [

@@ -80,7 +80,7 @@ def test_rules_teacher_then_sft(tiny_model, tmp_path):
 
 def test_words_reading_rules_teacher_is_filtered_on_sarcastic_clips(tiny_model, tmp_path):
     """read_words imitates a teacher fooled by sarcasm: exactly the sarcastic clips are rejected, for polarity."""
-    from msathinker.demo_data import DOMAINS, sample_clips
+    from msathinker.demo.data import DOMAINS, sample_clips
 
     clips = [c for c in sample_clips(DOMAINS["demo_mosi"]) if c.mode == "train"][:24]
     summary = synth(tiny_model, tmp_path, RulesTeacher(read_words=True), max_clips=24)
@@ -157,8 +157,8 @@ def refuse_the_plot_clips(body: dict) -> str | tuple[int, str]:
 
 
 def test_refused_clips_are_recorded_and_retry_failed_asks_again_without_duplicates(tiny_model, tmp_path):
-    from data_modules.msa import read_targets
-    from msathinker.demo_data import DOMAINS, sample_clips
+    from data_modules.targets import read_targets
+    from msathinker.demo.data import DOMAINS, sample_clips
 
     output = tmp_path / "out.jsonl"
     train = [c for c in sample_clips(DOMAINS["demo_mosi"]) if c.mode == "train"][:8]

@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from msathinker.tiny import OMNI_SPECIAL_TOKENS
+from msathinker.demo.tiny import OMNI_SPECIAL_TOKENS
 
 
 def test_tiny_checkpoint_loads_with_plain_transformers(tmp_path):
     from transformers import AutoProcessor, Qwen2_5OmniThinkerForConditionalGeneration
 
-    from msathinker.tiny import write_tiny_checkpoint
+    from msathinker.demo.tiny import write_tiny_checkpoint
 
     out = write_tiny_checkpoint(tmp_path / "ckpt")
     for name in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
@@ -38,7 +38,7 @@ def test_tiny_checkpoint_loads_with_plain_transformers(tmp_path):
 
 
 def test_qwen_vocabulary_has_the_real_ids(tmp_path):
-    from msathinker.tiny import build_tokenizer
+    from msathinker.demo.tiny import build_tokenizer
 
     tok = build_tokenizer("qwen")
     assert [tok.convert_tokens_to_ids(t) for t in OMNI_SPECIAL_TOKENS] == list(range(151643, 151665))
@@ -53,8 +53,8 @@ def test_full_layout_loads_the_thinker_only(tmp_path):
     from safetensors.torch import load_file
     from transformers import Qwen2_5OmniForConditionalGeneration, Qwen2_5OmniThinkerForConditionalGeneration
 
+    from msathinker.demo.tiny import write_tiny_checkpoint
     from msathinker.modeling import load_thinker
-    from msathinker.tiny import write_tiny_checkpoint
 
     full = write_tiny_checkpoint(tmp_path / "full", layout="full", seed=3)
     saved = load_file(full / "model.safetensors")

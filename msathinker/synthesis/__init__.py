@@ -106,7 +106,7 @@ def run_synthesis(
         retry_failed: ask the teacher again for the clips of these splits it refused on an earlier run (records
             with teacher_error=true); each one's new record replaces the old, so the file keeps one record per clip.
     """
-    from data_modules.msa import MSADataModule
+    from data_modules import MSADataModule
     from msathinker.dc_format import polarity_of
     from msathinker.progress import progress_bar
 

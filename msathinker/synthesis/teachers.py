@@ -64,7 +64,7 @@ class Teacher:
 
 
 class RulesTeacher(Teacher):
-    """The rule-based rationale writer (msathinker.rationale): DC text from the label and transcript, for offline
+    """The rule-based rationale writer (msathinker.demo.rationale): DC text from the label and transcript, for offline
     demos and tests. It is not a model and sees no audio or video.
 
     Args:
@@ -78,7 +78,7 @@ class RulesTeacher(Teacher):
         self.read_words = read_words
 
     def complete(self, clips: list[Clip], num_samples: int) -> Iterator[tuple[int, list[str] | ClipRefused]]:
-        from msathinker.rationale import rule_based_rationale
+        from msathinker.demo.rationale import rule_based_rationale
 
         scale, fmt = self.collator.scale, self.collator.output_format
         for i, c in enumerate(clips):

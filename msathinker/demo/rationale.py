@@ -39,6 +39,7 @@ from msathinker.dc_format import (
     render_completion,
     verdict_sentence,
 )
+from msathinker.demo.data import DOMAINS
 from msathinker.scales import Scale
 
 QUOTE_WORDS = 8
@@ -74,8 +75,6 @@ def _intensity(label: float, scale: Scale) -> str:
 
 def lexicon_polarity(text: str) -> Polarity | None:
     """The polarity of the first demo sentiment word in `text` (substring match, so Chinese works), else None."""
-    from msathinker.demo_data import DOMAINS
-
     hits = [
         (text.find(word), polarity)
         for domain in DOMAINS.values()

@@ -98,8 +98,8 @@ PRESETS: dict[str, ModelPreset] = {
 def _training_corpus() -> list[str]:
     """Text the small BPE is trained on: what the demo prompts and DC completions are made of."""
     from msathinker.dc_format import POLARITIES, hint_sentence, task_instruction
-    from msathinker.demo_data import DOMAINS, transcript_corpus
-    from msathinker.rationale import rule_based_rationale
+    from msathinker.demo.data import DOMAINS, transcript_corpus
+    from msathinker.demo.rationale import rule_based_rationale
 
     lines = [task_instruction(scale) for scale in SCALES.values()]
     lines += ["You are a helpful assistant.", "system", "user", "assistant"]
