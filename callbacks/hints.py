@@ -37,6 +37,8 @@ class PolarityHint(HintStrategy):
         num_unhinted: unhinted completions kept per hinted group with use "mix" (1 <= num_unhinted < G).
     """
 
+    gives_hints = True
+
     def __init__(
         self,
         trigger: Trigger = "no_correct_polarity",

@@ -8,6 +8,7 @@ loaders serve what setup() built, collated with the checkpoint's own processor.
 from __future__ import annotations
 
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -20,6 +21,7 @@ from data_modules.labels import ClipRecord, DataError, read_label_table
 from data_modules.media_cache import MediaCache, MediaOptions, decode_all
 from data_modules.sampler import EpochSeededSampler
 from data_modules.targets import read_targets
+from msathinker.hints import HintStrategy
 from msathinker.scales import SCALES, scale_of
 
 log = logging.getLogger(__name__)
@@ -135,6 +137,7 @@ class MSADataModule(L.LightningDataModule):
         self.datasets: dict[str, MSADataset] = {}
         self.skipped: dict[str, int] = {}
         self.collator: MSACollator | None = None
+        self.hint: HintStrategy | None = None
 
     @property
     def root(self) -> Path:
@@ -279,14 +282,21 @@ class MSADataModule(L.LightningDataModule):
             )
         return self.datasets[split]
 
-    def _loader(self, dataset: MSADataset, batch_size: int, sampler: Sampler | None = None) -> DataLoader:
+    def connect(self, hint: HintStrategy | None) -> None:
+        """Hint-GRPO's connection (made in its setup): with a hint strategy that gives hints, every training batch
+        also carries each clip's hinted prompt, built by the collator from the same conversation."""
+        self.hint = hint if hint is not None and hint.gives_hints else None
+
+    def _loader(
+        self, dataset: MSADataset, batch_size: int, sampler: Sampler | None = None, hint: HintStrategy | None = None
+    ) -> DataLoader:
         workers = self.hparams.num_workers
         return DataLoader(
             dataset,
             batch_size=batch_size,
             sampler=sampler,
             generator=torch.Generator().manual_seed(self.hparams.seed),  # keeps the global RNG untouched by iter()
-            collate_fn=self.collator,
+            collate_fn=self.collator if hint is None else partial(self.collator, hint=hint),
             num_workers=workers,
             persistent_workers=workers > 0,
         )
@@ -301,7 +311,7 @@ class MSADataModule(L.LightningDataModule):
             replicas = ranks.get("num_replicas", 1)
             skip = trainer.fit_loop.epoch_loop.batch_progress.current.processed * batch_size * replicas
         sampler = EpochSeededSampler(dataset, self.hparams.seed, epoch, skip, **ranks)
-        return self._loader(dataset, batch_size, sampler)
+        return self._loader(dataset, batch_size, sampler, self.hint)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self._built(self.hparams.val_split, "validate"), self.eval_batch_size)

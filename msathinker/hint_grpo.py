@@ -17,7 +17,6 @@ import torch
 
 from msathinker.dc_format import parse_completion, polarity_of
 from msathinker.evaluation import stable_hash
-from msathinker.generation import END_OF_TURN, special_token_id
 from msathinker.grpo import group_advantages, group_reward_std, masked_mean, policy_loss
 from msathinker.grpo_options import GRPOOptions
 from msathinker.hints import HintStrategy
@@ -112,6 +111,12 @@ class HintGRPOModule(OmniPolicyModule):
             )
         if self.data_info.has_targets:
             raise ValueError("Hint-GRPO samples its own completions: set data.init_args.targets to null")
+        if not hasattr(self.trainer.datamodule, "connect"):
+            raise ValueError(
+                f"{type(self.trainer.datamodule).__name__} has no connect(hint): Hint-GRPO's training batches carry "
+                "hinted prompts built by the collator; use data_modules.MSADataModule (or a subclass)"
+            )
+        self.trainer.datamodule.connect(self.hint)
 
     # --- rollouts -------------------------------------------------------------------------------------------------
 
@@ -134,38 +139,27 @@ class HintGRPOModule(OmniPolicyModule):
         for row, ids, cut in zip(rows, completions, truncated.tolist(), strict=True):
             row.completion_ids, row.truncated = ids, cut
 
-    def _hinted_prompt(self, prompt_ids: torch.Tensor, polarity: str) -> tuple[torch.Tensor, str]:
-        """The prompt ids with the hint (as prompt tokens) and the assistant text the hint contributes."""
-        tok = self.processor.tokenizer
-        prefix = self.hint.assistant_prefix(polarity, self.data_info.output_format)
-        line = self.hint.prompt_line(polarity)
-        ids = prompt_ids
-        if line:  # insert before the user turn's <|im_end|>, the last one in the prompt
-            cut = int((ids == special_token_id(tok, END_OF_TURN)).nonzero()[-1])
-            line_ids = torch.tensor(tok(line, add_special_tokens=False)["input_ids"], device=ids.device)
-            ids = torch.cat([ids[:cut], line_ids, ids[cut:]])
-        if prefix:
-            prefix_ids = torch.tensor(tok(prefix, add_special_tokens=False)["input_ids"], device=ids.device)
-            ids = torch.cat([ids, prefix_ids])
-        return ids, prefix
-
     def _resample_hinted(
         self,
         rows: list[Row],
         regenerate: list[int],
-        prompts: list[torch.Tensor],
+        hinted_prompts: dict[str, list] | None,
         media: list[PromptMedia],
-        labels: list[float],
         seeds: list[str],
         use_audio_in_video: bool,
     ) -> list[str]:
-        """Replace the rows at `regenerate` by completions sampled from their hinted prompts; returns every row's
-        assistant prefix (the prefix hint where hinted, else "")."""
-        G, scale = self.grpo.num_generations, self.data_info.scale
+        """Replace the rows at `regenerate` by completions sampled from their clips' hinted prompts (built by the
+        collator); returns every row's assistant prefix (the prefix hint where hinted, else "")."""
+        if hinted_prompts is None:
+            raise ValueError(
+                f"{type(self.hint).__name__} chose groups to hint but the batch has no hinted prompts: set "
+                "gives_hints = True on the strategy (the collator builds hinted prompts only for such strategies)"
+            )
+        G = self.grpo.num_generations
         prefixes, new_rows = [""] * len(rows), []
         for i in regenerate:
-            hinted_ids, prefixes[i] = self._hinted_prompt(prompts[i // G], polarity_of(labels[i], scale))
-            new_rows.append(Row(hinted_ids, media[i // G]))
+            prefixes[i] = hinted_prompts["assistant_prefix"][i // G]
+            new_rows.append(Row(hinted_prompts["input_ids"][i // G], media[i // G]))
         self._sample(new_rows, [f"{seeds[i]}/hinted" for i in regenerate], use_audio_in_video)
         for i, row in zip(regenerate, new_rows, strict=True):
             rows[i] = row
@@ -211,7 +205,8 @@ class HintGRPOModule(OmniPolicyModule):
         # FSDP2: generate is a collective, so a rank with nothing to regenerate joins the others with a dummy row
         join_others = self.synced_generation and bool(all_reduce_sum(torch.tensor(float(len(regenerate)))) > 0)
         if regenerate:
-            prefixes = self._resample_hinted(rows, regenerate, prompts, media, labels, seeds, use_audio_in_video)
+            hinted_prompts = batch.get("hinted")
+            prefixes = self._resample_hinted(rows, regenerate, hinted_prompts, media, seeds, use_audio_in_video)
             hinted = [i in regenerate for i in range(len(rows))]
             scores = self._score(rows, prefixes, hinted, ids, labels)
         elif join_others:

@@ -23,6 +23,9 @@ class HintStrategy:
     placement: Literal["prefix", "prompt"] = "prefix"
     use: Literal["replace", "mix"] = "replace"
     num_unhinted: int = 0
+    gives_hints: bool = False
+    """Whether `select` may choose a group. Only then do training batches carry the hinted prompts (one more
+    processor call per clip); a strategy that overrides `select` sets it True."""
 
     def select(
         self, correct_polarity: torch.Tensor, reward_std: torch.Tensor, generator: torch.Generator

@@ -67,6 +67,41 @@ def test_batch_matches_stock_processor(tiny_model, media_cache):
         assert inputs["video_second_per_grid"][row] == alone["video_second_per_grid"][0]
 
 
+def test_hinted_prompts_are_rendered_from_the_conversation(tiny_model, media_cache):
+    """The collator builds the hinted prompt from the conversation: the prompt line ends the user turn and the
+    prefix starts the assistant turn. On this tokenizer that is token for token the plain prompt with the hint
+    tokens put in place. A strategy that never hints adds nothing to the batch."""
+    from callbacks import NoHint, PolarityHint
+    from data_modules.collator import chat_turn_markers
+    from msathinker.dc_format import hint_prefix, hint_sentence, polarity_of
+
+    dm = make_dm(tiny_model, media_cache)
+    dm.setup("fit")
+    collator, items = dm.collator, [dm.datasets["train"][i] for i in range(3)]
+    assert chat_turn_markers(collator.processor) == ("<|im_start|>assistant\n", "<|im_end|>")
+    tok = collator.processor.tokenizer
+    end_of_turn = tok.convert_tokens_to_ids("<|im_end|>")
+    for placement in ("prompt", "prefix"):
+        batch = collator(items, hint=PolarityHint(placement=placement))
+        for row, item in enumerate(items):
+            ids = batch["inputs"]["input_ids"][row][batch["inputs"]["attention_mask"][row].bool()]
+            polarity = polarity_of(item["label"], dm.scale)
+            hinted, prefix = batch["hinted"]["input_ids"][row], batch["hinted"]["assistant_prefix"][row]
+            if placement == "prompt":
+                cut = int((ids == end_of_turn).nonzero()[-1])
+                line = tok("\n" + hint_sentence(polarity), add_special_tokens=False)["input_ids"]
+                expected = torch.cat([ids[:cut], torch.tensor(line), ids[cut:]])
+                assert prefix == ""
+            else:
+                assert prefix == hint_prefix(polarity, "dc")
+                expected = torch.cat([ids, torch.tensor(tok(prefix, add_special_tokens=False)["input_ids"])])
+            assert torch.equal(hinted, expected), placement
+    dm.connect(NoHint())
+    assert "hinted" not in next(iter(dm.train_dataloader()))
+    dm.connect(PolarityHint())
+    assert len(next(iter(dm.train_dataloader()))["hinted"]["input_ids"]) == 3
+
+
 def test_video_time_is_each_clips_real_frame_spacing(tiny_model, media_cache, tmp_path):
     """A 40 s clip (16 frames: 2.5 s apart, not 1 / fps) and a 1 s clip (min_frames 4: 0.25 s apart) in one batch:
     each gets video_second_per_grid = its frame spacing x temporal_patch_size, also with use_audio_in_video."""

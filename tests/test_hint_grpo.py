@@ -17,6 +17,7 @@ from msathinker.evaluation import GenerationOptions
 from msathinker.grpo import group_advantages
 from msathinker.grpo_options import GRPOOptions
 from msathinker.hint_grpo import HintGRPOModule
+from msathinker.hints import HintStrategy
 from msathinker.policy import LoraOptions, PolicyOptions
 from msathinker.rewards import compute_rewards
 from msathinker.scales import SCALES
@@ -219,6 +220,13 @@ def test_resume_matches_an_uninterrupted_run(tiny_model, tmp_path):
         torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=0, msg=name)
 
 
+class AlwaysWithoutHintedPrompts(HintStrategy):
+    """Chooses every group but does not say it gives hints (gives_hints stays False)."""
+
+    def select(self, correct_polarity, reward_std, generator):
+        return torch.ones(len(reward_std), dtype=torch.bool)
+
+
 def test_bad_configurations(tiny_model, tmp_path):
     with pytest.raises(ValueError, match="num_generations must be >= 2"):
         grpo_module(tiny_model, num_generations=1)
@@ -227,6 +235,10 @@ def test_bad_configurations(tiny_model, tmp_path):
         trainer(tmp_path).fit(module, datamodule=datamodule(tiny_model, tmp_path))
     with pytest.raises(FileNotFoundError, match=r"no adapter_config\.json there"):
         grpo_module(tiny_model, adapter=str(tmp_path / "missing")).configure_model()
+    module = grpo_module(tiny_model)
+    module.hint = AlwaysWithoutHintedPrompts()
+    with pytest.raises(ValueError, match=r"AlwaysWithoutHintedPrompts chose groups to hint .* gives_hints = True"):
+        trainer(tmp_path, max_steps=1).fit(module, datamodule=datamodule(tiny_model, tmp_path))
     with pytest.raises(ValueError, match="num_unhinted"):
         HintGRPOModule(
             policy=PolicyOptions(model_path=tiny_model),
