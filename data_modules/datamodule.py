@@ -21,8 +21,9 @@ from data_modules.labels import ClipRecord, DataError, read_label_table
 from data_modules.media_cache import MediaCache, MediaOptions, decode_all
 from data_modules.sampler import EpochSeededSampler
 from data_modules.targets import read_targets
+from msathinker.dc_format import Format
 from msathinker.hints import HintStrategy
-from msathinker.scales import SCALES, scale_of
+from msathinker.scales import SCALES, ScaleName, scale_of
 
 log = logging.getLogger(__name__)
 
@@ -108,8 +109,8 @@ class MSADataModule(L.LightningDataModule):
         max_pixels: int = 16 * 28 * 28,
         max_audio_seconds: float = 30.0,
         system_prompt: str | None = None,
-        output_format: Literal["dc", "plain"] = "dc",
-        prompt_scale: Literal["mosei", "sims"] | None = None,
+        output_format: Format = "dc",
+        prompt_scale: ScaleName | None = None,
         targets: str | None = None,
         train_split: str = "train",
         val_split: str = "valid",
