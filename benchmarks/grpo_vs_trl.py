@@ -173,7 +173,7 @@ def run_trl(args, clock: StepClock) -> dict:
         temperature=1.0,
         top_p=1.0,
         top_k=0,
-        generation_kwargs={"suppress_tokens": media_token_ids(model.config)},
+        generation_kwargs={"suppress_tokens": media_token_ids(tokenizer)},
         loss_type=args.loss_type,
         beta=args.beta,
         learning_rate=args.lr,

@@ -113,7 +113,9 @@ class MSACollator:
         if "audio" in self.modalities:  # every clip's features padded to the batch's longest, so they stack
             hop = self.processor.feature_extractor.hop_length
             longest = max(it["audio"].size for it in items)
-            audio_kwargs = {"max_length": hop * -(-longest // hop), "truncation": True}
+            # padding named: Qwen3-Omni's processor pads to the longest of a call by default (Qwen2.5-Omni's to
+            # max_length)
+            audio_kwargs = {"max_length": hop * -(-longest // hop), "truncation": True, "padding": "max_length"}
         # One processor call per clip: the processor gives every video of a call the same time per temporal patch
         # (video_second_per_grid = temporal_patch_size / fps; with use_audio_in_video the audio/video interleaving
         # follows it too) and each clip has its own frame spacing. The calls' outputs are padded and stacked here.

@@ -14,24 +14,27 @@ def tiny_checkpoint(
     tokenizer: Literal["small", "qwen"] = "small",
     layout: Literal["thinker", "full"] = "thinker",
     seed: int = 0,
+    family: Literal["qwen2_5_omni", "qwen3_omni"] = "qwen2_5_omni",
 ) -> None:
-    """Write a random-init Qwen2.5-Omni checkpoint in the standard HF layout.
+    """Write a random-init Qwen2.5-Omni or Qwen3-Omni checkpoint in the standard HF layout.
 
     Args:
         out_dir: directory to write (config.json, model.safetensors, tokenizer and processor files).
         preset: model size: "tiny" (text hidden 64, 2 layers; tests), "small" (hidden 256, 4 layers; the
             quickstart), "bench" (the small LM with audio/vision towers of similar size; encoding benchmarks) or
             "medium" (text hidden 1024, 8 layers, small towers; the 4-bit memory benchmark).
-        tokenizer: "small" (byte-level BPE trained on the demo corpus) or "qwen" (the real Qwen2 vocabulary with
-            the Qwen2.5-Omni special-token ids).
-        layout: "thinker" (a thinker-only checkpoint) or "full" (the Qwen2_5OmniForConditionalGeneration layout of
-            the released checkpoints: thinker, tiny talker and token2wav).
+        tokenizer: "small" (byte-level BPE trained on the demo corpus) or "qwen" (the real Qwen vocabulary with the
+            family's special tokens at the released ids).
+        layout: "thinker" (a thinker-only checkpoint) or "full" (the layout of the released checkpoints: thinker
+            plus a tiny talker and token2wav / code2wav).
         seed: seed of the random weights.
+        family: "qwen2_5_omni" (Qwen2.5-Omni thinker, dense) or "qwen3_omni" (Qwen3-Omni-MoE thinker: 4 experts,
+            2 per token, deepstack vision features; its own processor and chat template).
     """
     from msathinker.demo.tiny import write_tiny_checkpoint
 
-    path = write_tiny_checkpoint(out_dir, preset=preset, tokenizer=tokenizer, layout=layout, seed=seed)
-    print(f"wrote {preset} checkpoint ({tokenizer} tokenizer, {layout} layout) to {path}")
+    path = write_tiny_checkpoint(out_dir, preset=preset, tokenizer=tokenizer, layout=layout, seed=seed, family=family)
+    print(f"wrote {family} {preset} checkpoint ({tokenizer} tokenizer, {layout} layout) to {path}")
 
 
 def demo_data(out_dir: str, domain: Literal["demo_mosi", "demo_sims"] = "demo_mosi", seed: int = 0) -> None:

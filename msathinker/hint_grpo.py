@@ -24,7 +24,15 @@ from msathinker.module import OmniPolicyModule
 from msathinker.plugins import default_hint, default_rewards
 from msathinker.policy import PolicyOptions
 from msathinker.rewards import Reward, RewardInput, compute_rewards
-from msathinker.rollout import PromptMedia, Row, completion_logprobs, sample, split_prompt_media, unpadded_prompts
+from msathinker.rollout import (
+    PromptMedia,
+    Row,
+    audio_placeholder_counts,
+    completion_logprobs,
+    sample,
+    split_prompt_media,
+    unpadded_prompts,
+)
 from msathinker.rollouts import Rollout, Scores
 from msathinker.sharding import all_reduce_sum
 
@@ -187,6 +195,8 @@ class HintGRPOModule(OmniPolicyModule):
         inputs, meta = batch["inputs"], batch["meta"]
         G = self.grpo.num_generations
         use_audio_in_video = bool(inputs.get("use_audio_in_video", False))
+        hinted_ids = batch["hinted"]["input_ids"] if "hinted" in batch else None
+        audio_tokens = audio_placeholder_counts(self.model, inputs, meta["id"], hinted_ids)
         media = split_prompt_media(self.model, inputs, self.grpo.encode_media_once)
         prompts = unpadded_prompts(inputs)
         P = len(prompts)
@@ -229,6 +239,7 @@ class HintGRPOModule(OmniPolicyModule):
             reward_before=reward_before,
             hint_rate=chosen.float().mean(),
             use_audio_in_video=use_audio_in_video,
+            audio_tokens=audio_tokens,
         )
 
     # --- training -------------------------------------------------------------------------------------------------
@@ -360,25 +371,10 @@ class HintGRPOModule(OmniPolicyModule):
         return [r for g in groups for r, _ in g], torch.stack([w for g in groups for _, w in g])
 
     def _log_rollout_metrics(self, rollout: Rollout, std_after: torch.Tensor) -> None:
-        lengths = torch.tensor([float(len(r.completion_ids)) for r in rollout.rows])
-        metrics = {
-            "reward": torch.nanmean(rollout.rewards),
-            "reward_before_hint": rollout.reward_before,
-            "reward_std": torch.nanmean(std_after),
-            "frac_reward_zero_std": (torch.nan_to_num(std_after, nan=0.0) == 0).float().mean(),
-            "frac_reward_zero_std_before_hint": (torch.nan_to_num(rollout.std_before, nan=0.0) == 0).float().mean(),
-            "hint_rate": rollout.hint_rate,
-            "hinted_completions": rollout.hinted.float().mean(),
-            "completions/mean_length": lengths.mean(),
-            "completions/clipped_ratio": rollout.truncated.float().mean(),
-        }
-        failures = {}
-        for k, name in enumerate(rollout.reward_names):
-            metrics[f"rewards/{name}/mean"] = torch.nanmean(rollout.per_reward[:, k])
-            failures[f"rewards/{name}/failures"] = torch.tensor(float(rollout.failures.get(name, 0)))
+        means, failures, max_length = rollout.metrics(std_after)
         # every rank has as many prompts: the mean of the ranks' means is the mean over the global batch
-        self.log_dict({f"train/{k}": v.float() for k, v in metrics.items()}, on_step=True, sync_dist=True)
-        self.log("train/completions/max_length", lengths.max(), on_step=True, sync_dist=True, reduce_fx="max")
+        self.log_dict({f"train/{k}": v.float() for k, v in means.items()}, on_step=True, sync_dist=True)
+        self.log("train/completions/max_length", max_length, on_step=True, sync_dist=True, reduce_fx="max")
         self.log_dict({f"train/{k}": v for k, v in failures.items()}, on_step=True, sync_dist=True, reduce_fx="sum")
 
     # --- checkpoints ----------------------------------------------------------------------------------------------

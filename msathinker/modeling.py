@@ -1,10 +1,10 @@
 """One way to load a model for every stage: the thinker (text-out part) of a Qwen2.5-Omni / Qwen3-Omni checkpoint.
 
 Accepts a full omni checkpoint (thinker + talker + token2wav; only the thinker is built, and only its weights are
-read) or a thinker-only checkpoint, from a local path, a hub id or a tiny alias ("tiny", "tiny-small",
-"tiny-qwen"; see msathinker.assets). The tiny checkpoints load through exactly this code. A checkpoint whose
-thinker weights do not fit the model (a renamed, missing or extra key, a wrong shape, a missing shard file) is a
-CheckpointError, never a model with randomly initialised weights.
+read; Qwen3-Omni's talker and code2wav alike) or a thinker-only checkpoint, from a local path, a hub id or a tiny
+alias (see msathinker.assets). The tiny checkpoints load through exactly this code. A checkpoint whose thinker
+weights do not fit the model (a renamed, missing or extra key, a wrong shape, a missing shard file) is a
+CheckpointError, never a model with randomly initialised weights; a processor of the other family is a ValueError.
 """
 
 from __future__ import annotations
@@ -22,6 +22,29 @@ _MODEL_CLASSES = {
     "qwen3_omni_moe": ("Qwen3OmniMoeThinkerForConditionalGeneration", True),
     "qwen3_omni_moe_thinker": ("Qwen3OmniMoeThinkerForConditionalGeneration", False),
 }
+
+
+def family_of_model_type(model_type: str) -> str:
+    """The model family ("qwen2_5_omni", "qwen3_omni") of a config's model_type."""
+    if model_type not in _MODEL_CLASSES:
+        raise ValueError(f"model_type {model_type!r} is not an omni thinker; supported: {sorted(_MODEL_CLASSES)}")
+    return "qwen3_omni" if model_type.startswith("qwen3_omni") else "qwen2_5_omni"
+
+
+PROCESSOR_FAMILIES = {"Qwen2_5OmniProcessor": "qwen2_5_omni", "Qwen3OmniMoeProcessor": "qwen3_omni"}
+"""Processor class -> the model family whose inputs it builds."""
+
+
+def check_processor_family(processor, family: str, where: str) -> None:
+    """ValueError if `processor` builds inputs for another model family than `family` (its placeholders, patch
+    size and audio chunking would not be what the model reads); `where` names the checkpoint or config key."""
+    found = PROCESSOR_FAMILIES.get(type(processor).__name__)
+    if found != family:
+        raise ValueError(
+            f"{where}: the processor is {type(processor).__name__} ({found or 'not an omni processor'}), but the "
+            f"model is {family}. Use the processor saved with a {family} checkpoint (its preprocessor_config.json, "
+            "tokenizer and chat template)"
+        )
 
 
 class CheckpointError(ValueError):
@@ -70,11 +93,13 @@ def _check_shards(path: str) -> None:
 
 
 def _check_local(path: str) -> None:
+    from msathinker.assets import TINY_MODELS
+
     looks_local = path.startswith((".", "/", "~")) or Path(path).exists() or path.count("/") != 1
     if looks_local and not (Path(path).expanduser() / "config.json").is_file():
         raise FileNotFoundError(
             f"model path {path!r}: no config.json there. Give a local checkpoint directory, a hub id "
-            "(org/name) or a tiny alias: tiny, tiny-small, tiny-qwen"
+            f"(org/name) or a tiny alias: {', '.join(TINY_MODELS)}"
         )
 
 
@@ -153,7 +178,9 @@ def load_thinker(
         )
     if quantization != "none":
         _keep_cpu_4bit_trainable(model)
-    return model, load_processor(path)
+    processor = load_processor(path)
+    check_processor_family(processor, family_of_model_type(config.model_type), path)
+    return model, processor
 
 
 def _keep_cpu_4bit_trainable(model) -> None:

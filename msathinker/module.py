@@ -43,6 +43,9 @@ class DataInfo:
     """Clips per training batch on each process (data.init_args.batch_size): Hint-GRPO's prompts per step."""
     has_targets: bool
     """Whether training batches carry SFT targets (data.init_args.targets is set)."""
+    processor_path: str
+    """The checkpoint whose processor builds the batches (data.init_args.processor_path): it must be of the
+    policy's model family."""
 
     @classmethod
     def of(cls, datamodule: L.LightningDataModule | None) -> DataInfo:
@@ -55,12 +58,14 @@ class DataInfo:
             )
         try:
             h = datamodule.hparams
-            return cls(h.dataset, datamodule.scale, h.output_format, h.batch_size, h.targets is not None)
+            return cls(
+                h.dataset, datamodule.scale, h.output_format, h.batch_size, h.targets is not None, h.processor_path
+            )
         except AttributeError as exc:
             raise TypeError(
                 f"{type(datamodule).__name__} lacks what the module reads from its data ({exc}): use "
                 "data_modules.MSADataModule or a subclass, or give yours `scale` and the hparams dataset, "
-                "output_format, batch_size and targets"
+                "output_format, batch_size, targets and processor_path"
             ) from exc
 
 
@@ -120,9 +125,21 @@ class OmniPolicyModule(L.LightningModule):
             if mesh is not None:
                 check_fsdp2_options(mesh["tensor_parallel"].size(), self.policy.quantization)
             self.model, self.processor = build_policy(self.policy)
+            self.check_data_processor()
             self.model.train()
             if mesh is not None:
                 shard_policy(self.model, thinker_of(self.model), mesh["data_parallel"], self.policy.fsdp)
+
+    def check_data_processor(self) -> None:
+        """The data's processor (data.init_args.processor_path) must build inputs for the policy's model family."""
+        from msathinker.assets import resolve_model_path
+        from msathinker.modeling import check_processor_family, load_processor
+        from msathinker.qwen_omni import family_of
+
+        data_path = getattr(self, "data_info", None) and self.data_info.processor_path
+        if data_path and resolve_model_path(data_path) != resolve_model_path(self.policy.model_path):
+            where = f"data.init_args.processor_path {data_path!r}"
+            check_processor_family(load_processor(data_path), family_of(thinker_of(self.model)), where)
 
     @property
     def synced_generation(self) -> bool:

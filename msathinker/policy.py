@@ -16,8 +16,12 @@ from msathinker.modeling import Quantization
 LANGUAGE_MODEL_LORA_TARGETS = (
     r"model\.language_model\.layers\.\d+\.(self_attn\.(q|k|v|o)_proj|mlp\.(gate|up|down)_proj)"
 )
-"""LoRA targets: the language model's attention and MLP projections only. The plain name "q_proj" would also hit
-the audio tower's attention."""
+"""LoRA targets: the language model's attention and dense MLP projections only (the plain name "q_proj" would also
+hit the audio tower's attention). On Qwen2.5-Omni that is attention and MLP; on Qwen3-Omni-MoE the attention only,
+since its experts are fused 3-D parameters, not linear layers (LoraOptions.target_parameters adapts them) and its
+routers stay as they are."""
+QWEN3_EXPERT_LORA_PARAMETERS = ("mlp.experts.gate_up_proj", "mlp.experts.down_proj")
+"""LoraOptions.target_parameters that put LoRA on every expert of Qwen3-Omni-MoE's language model."""
 
 
 @dataclass(frozen=True)
@@ -31,7 +35,13 @@ class LoraOptions:
     dropout: float = 0.05
     """Dropout on the LoRA input."""
     target_modules: str = LANGUAGE_MODEL_LORA_TARGETS
-    """Regex (full match on module names) of the linear layers that get an adapter."""
+    """Regex (full match on module names) of the linear layers that get an adapter. It is resolved here to the
+    list of matching names (an error if none match): peft would otherwise rewrite a regex on MoE models such as
+    Qwen3-Omni into bare suffixes like "q_proj", which also hit the audio tower."""
+    target_parameters: tuple[str, ...] = ()
+    """Names (suffixes) of nn.Parameters that get an adapter (peft's target_parameters): for Qwen3-Omni's fused
+    experts, QWEN3_EXPERT_LORA_PARAMETERS ("mlp.experts.gate_up_proj", "mlp.experts.down_proj"). Empty by default,
+    so a Qwen3-Omni adapter covers the attention only."""
     modules_to_save: tuple[str, ...] = ()
     """Modules trained in full next to the adapter and saved with it (e.g. lm_head, embed_tokens: useful for a
     random-init model, or after adding tokens)."""
@@ -119,14 +129,17 @@ def build_policy(options: PolicyOptions):
 
         if not (Path(options.adapter_path) / "adapter_config.json").is_file():
             raise FileNotFoundError(f"adapter_path {options.adapter_path!r}: no adapter_config.json there")
+        check_adapter_family(options.adapter_path, model)
         model = PeftModel.from_pretrained(model, options.adapter_path, is_trainable=True)
+        check_adapter_weights(options.adapter_path, model)
     else:
         lora = options.lora
         config = LoraConfig(
             r=lora.r,
             lora_alpha=lora.alpha,
             lora_dropout=lora.dropout,
-            target_modules=lora.target_modules,
+            target_modules=lora_target_modules(model, lora.target_modules),
+            target_parameters=list(lora.target_parameters) or None,
             modules_to_save=list(lora.modules_to_save) or None,
             task_type="CAUSAL_LM",
         )
@@ -135,6 +148,79 @@ def build_policy(options: PolicyOptions):
         if param.requires_grad and param.dtype in HALF_DTYPES:
             param.data = param.data.float()
     return model, processor
+
+
+def check_adapter_family(adapter_path: str, thinker) -> None:
+    """CheckpointError if the adapter's base checkpoint (adapter_config.json's base_model_name_or_path, when its
+    config can be read here) is of another model family than `thinker`: its LoRA weights would be applied to
+    layers they were not trained for, or partly dropped."""
+    import json
+    from pathlib import Path
+
+    from transformers import AutoConfig
+
+    from msathinker.modeling import CheckpointError, family_of_model_type
+    from msathinker.qwen_omni import family_of
+
+    base = json.loads((Path(adapter_path) / "adapter_config.json").read_text(encoding="utf-8"))
+    base_path = base.get("base_model_name_or_path")
+    try:
+        base_type = AutoConfig.from_pretrained(base_path).model_type if base_path else None
+    except (OSError, ValueError):  # a base that is not on this machine: the weight check below still runs
+        return
+    if base_type is not None and family_of_model_type(base_type) != family_of(thinker):
+        raise CheckpointError(
+            f"adapter {adapter_path} was trained on {base_path} ({family_of_model_type(base_type)}), but the model "
+            f"is {family_of(thinker)}: an adapter only fits the model family it was trained on. Set "
+            "policy.model_path to the adapter's base checkpoint, or train a new adapter on this model"
+        )
+
+
+def check_adapter_weights(adapter_path: str, model) -> None:
+    """CheckpointError if the adapter's saved weights do not fit the model's LoRA layers one to one (same names,
+    same shapes): peft would otherwise drop the weights it finds no place for, without an error."""
+    from pathlib import Path
+
+    from peft import get_peft_model_state_dict
+    from safetensors import safe_open
+
+    from msathinker.modeling import CheckpointError, _first
+
+    file = Path(adapter_path) / "adapter_model.safetensors"
+    if not file.is_file():
+        raise CheckpointError(f"adapter {adapter_path}: no adapter_model.safetensors there")
+    with safe_open(str(file), "pt") as saved:
+        saved_shapes = {key: tuple(saved.get_slice(key).get_shape()) for key in saved.keys()}  # noqa: SIM118 (safe_open has no __iter__)
+    ours = {key: tuple(value.shape) for key, value in get_peft_model_state_dict(model).items()}
+    problems = []
+    if set(saved_shapes) - set(ours):
+        problems.append(f"weights with no place in the model: {_first(set(saved_shapes) - set(ours))}")
+    if set(ours) - set(saved_shapes):
+        problems.append(f"LoRA weights the adapter does not have: {_first(set(ours) - set(saved_shapes))}")
+    shapes = [
+        f"{k} {saved_shapes[k]} vs {ours[k]}" for k in set(ours) & set(saved_shapes) if ours[k] != saved_shapes[k]
+    ]
+    if shapes:
+        problems.append(f"weights of another shape (adapter vs model): {_first(shapes)}")
+    if problems:
+        raise CheckpointError(
+            f"adapter {adapter_path} does not fit {type(model.get_base_model()).__name__}: "
+            + "; ".join(problems)
+            + ". Load it onto the checkpoint it was trained on (adapter_config.json: base_model_name_or_path)"
+        )
+
+
+def lora_target_modules(model, pattern: str) -> list[str]:
+    """The names of `model`'s modules that `pattern` fully matches; ValueError naming the pattern if none does."""
+    import re
+
+    names = [name for name, _ in model.named_modules() if re.fullmatch(pattern, name)]
+    if not names:
+        raise ValueError(
+            f"policy.lora.target_modules {pattern!r} matches no module of {type(model).__name__}; it is a regex "
+            "matched against full module names such as model.language_model.layers.0.self_attn.q_proj"
+        )
+    return names
 
 
 def check_update_resolution(named_params: dict[int, str], optimizer, precision: str) -> None:

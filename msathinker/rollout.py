@@ -1,9 +1,10 @@
 """Rollouts for GRPO on an omni thinker: encode each prompt's audio and video once, then sample completions and
-compute their log-probs from token embeddings with the encoder outputs scattered in.
+compute their log-probs from the encoder outputs.
 
 The towers run once per prompt per step; the G completions, the hinted regenerations and every log-prob pass
-(policy, old, reference) reuse the features. The thinker's forward accepts `inputs_embeds` together with
-`input_ids` and the grids, so TMRoPE positions are still computed by the model's own get_rope_index. With
+(policy, old, reference) reuse the features. The thinker's forward accepts `inputs_embeds` (with the audio features
+scattered in) together with `input_ids`, the grids and the precomputed video outputs (`mm_encoder_outputs`, with
+Qwen3-Omni's deepstack features), so TMRoPE positions are still computed by the model's own get_rope_index. With
 `encode_once=False` the rows carry the raw media instead and the towers run on every call (the naive path the
 benchmark compares against). What this needs of the model's internals is in msathinker/qwen_omni.py.
 """
@@ -16,7 +17,15 @@ import torch
 
 from msathinker.generation import generate, generation_config, thinker_of
 from msathinker.grpo import token_entropy, token_logprobs
-from msathinker.qwen_omni import audio_token_counts, embed_with_media, reorder_rope_deltas, rope_positions
+from msathinker.qwen_omni import (
+    VideoEncoding,
+    audio_token_counts,
+    embed_with_audio,
+    encode_videos,
+    reorder_rope_deltas,
+    rope_positions,
+    video_encoder_outputs,
+)
 
 
 @dataclass
@@ -24,7 +33,7 @@ class PromptMedia:
     """One prompt's multimodal inputs: encoder outputs (encode-once) and/or raw inputs, plus rope inputs."""
 
     audio_features: torch.Tensor | None
-    video_features: torch.Tensor | None
+    video: VideoEncoding | None
     video_grid_thw: torch.Tensor | None
     audio_length: int | None
     """Mel frames of the audio (what get_rope_index needs)."""
@@ -46,13 +55,51 @@ class Row:
     """The completion hit max_completion_length without an EOS."""
 
 
+class MediaMismatchError(ValueError):
+    """A prompt whose media placeholders do not match its media: the model would read text embeddings (or another
+    clip's features) where the audio or video should be."""
+
+
+def audio_placeholder_counts(
+    model, inputs: dict, clip_ids: list[str] | None = None, hinted_ids: list[torch.Tensor] | None = None
+) -> torch.Tensor | None:
+    """Audio placeholder tokens per prompt of a collated batch, checked against its audio (the audio integrity
+    guard): a prompt with placeholders but no features, features but no placeholders, or another count than its
+    mel frames give (audio_token_counts) is a MediaMismatchError naming the clip; so is a hinted prompt
+    (`hinted_ids`, one per clip) whose audio or video placeholders differ in number from its clip's prompt, since
+    the hinted rollouts reuse the prompt's features. None without audio."""
+    thinker = thinker_of(model)
+    placeholders = (inputs["input_ids"] == thinker.config.audio_token_id).sum(-1)
+    names = clip_ids or [f"row {i}" for i in range(len(placeholders))]
+    for name, plain, hinted in zip(names, inputs["input_ids"], hinted_ids or [], strict=False):
+        for kind, token in (("audio", thinker.config.audio_token_id), ("video", thinker.config.video_token_id)):
+            if int((plain == token).sum()) != int((hinted == token).sum()):
+                raise MediaMismatchError(
+                    f"{name}: the hinted prompt holds {int((hinted == token).sum())} {kind} placeholder tokens, the "
+                    f"prompt {int((plain == token).sum())}; both must come from the same processor call"
+                )
+    if "feature_attention_mask" not in inputs:
+        if int(placeholders.sum()):
+            clip = names[int(placeholders.nonzero()[0])]
+            raise MediaMismatchError(f"{clip}: the prompt holds audio placeholders but the batch has no audio features")
+        return None
+    expected = audio_token_counts(thinker, inputs["feature_attention_mask"].sum(-1))
+    for name, found, wanted in zip(names, placeholders.tolist(), expected.tolist(), strict=True):
+        if found != wanted:
+            raise MediaMismatchError(
+                f"{name}: {found} audio placeholder tokens in the prompt, but its audio gives {wanted} rows of "
+                "features; build prompts and features with the same processor call (the checkpoint's own processor)"
+            )
+    return placeholders
+
+
 def split_prompt_media(model, inputs: dict, encode_once: bool) -> list[PromptMedia]:
     """Per-prompt media of a collated batch; with encode_once the towers run here, once, without gradient."""
     thinker = thinker_of(model)
     batch = inputs["input_ids"].shape[0]
     audio_lengths = inputs["feature_attention_mask"].sum(-1) if "feature_attention_mask" in inputs else None
     grids = inputs.get("video_grid_thw")
-    audio_features = video_features = None
+    audio_features = videos = None
     with torch.no_grad():
         if encode_once and "input_features" in inputs:
             encoded = thinker.model.get_audio_features(
@@ -60,14 +107,12 @@ def split_prompt_media(model, inputs: dict, encode_once: bool) -> list[PromptMed
             ).last_hidden_state
             audio_features = torch.split(encoded, audio_token_counts(thinker, audio_lengths).tolist())
         if encode_once and "pixel_values_videos" in inputs:
-            video_features = thinker.model.get_video_features(
-                inputs["pixel_values_videos"], grids, return_dict=True
-            ).pooler_output
+            videos = encode_videos(thinker, inputs["pixel_values_videos"], grids)
     patches = torch.split(inputs["pixel_values_videos"], grids.prod(-1).tolist()) if grids is not None else None
     return [
         PromptMedia(
             audio_features=audio_features[i] if audio_features is not None else None,
-            video_features=video_features[i] if video_features is not None else None,
+            video=videos[i] if videos is not None else None,
             video_grid_thw=grids[i] if grids is not None else None,
             audio_length=int(audio_lengths[i]) if audio_lengths is not None else None,
             video_second_per_grid=inputs["video_second_per_grid"][i] if grids is not None else None,
@@ -113,8 +158,9 @@ def model_kwargs(model, rows: list[Row], pad_id: int, use_audio_in_video: bool) 
     encoded = media[0].input_features is None and media[0].pixel_values_videos is None
     if encoded:
         audio = torch.cat([m.audio_features for m in media]) if media[0].audio_features is not None else None
-        video = torch.cat([m.video_features for m in media]) if media[0].video_features is not None else None
-        kwargs["inputs_embeds"] = embed_with_media(thinker, ids, audio, video)
+        kwargs["inputs_embeds"] = embed_with_audio(thinker, ids, audio)
+        if media[0].video is not None:
+            kwargs["mm_encoder_outputs"] = video_encoder_outputs([m.video for m in media])
     else:
         if media[0].input_features is not None:
             frames = kwargs["feature_attention_mask"].shape[1]
@@ -124,13 +170,17 @@ def model_kwargs(model, rows: list[Row], pad_id: int, use_audio_in_video: bool) 
     return kwargs, prompt_len
 
 
-def media_token_ids(config) -> list[int]:
-    """The media placeholder and boundary tokens of a thinker config: a sampled one would break TMRoPE positions
-    and the feature scatter, so sampling suppresses them."""
-    return [
-        config.audio_token_index, config.image_token_index, config.video_token_index, config.audio_start_token_id,
-        config.audio_end_token_id, config.vision_start_token_id, config.vision_end_token_id,
-    ]  # fmt: skip
+MEDIA_TOKENS = (
+    "audio_token", "image_token", "video_token", "audio_bos_token", "audio_eos_token", "vision_bos_token",
+    "vision_eos_token",
+)  # fmt: skip
+"""The tokenizer's named media placeholder and boundary tokens (both families' processors name the same seven)."""
+
+
+def media_token_ids(tokenizer) -> list[int]:
+    """The media placeholder and boundary tokens of a checkpoint's tokenizer: a sampled one would break TMRoPE
+    positions and the feature scatter, so sampling suppresses them."""
+    return tokenizer.convert_tokens_to_ids([getattr(tokenizer, name) for name in MEDIA_TOKENS])
 
 
 class PerRowGumbelSampling:
@@ -185,7 +235,7 @@ def sample(
         do_sample=generators is None,
         temperature=temperature,
         top_p=top_p,
-        suppress_tokens=media_token_ids(thinker.config),
+        suppress_tokens=media_token_ids(tokenizer),
     )
     prompts, owner = distinct_prompts(rows)
     kwargs, prompt_len = model_kwargs(model, prompts, config.pad_token_id, use_audio_in_video)

@@ -44,6 +44,31 @@ class Rollout:
     """() share of the P groups the hint strategy chose."""
     use_audio_in_video: bool
     """The batch interleaves the audio with the video tokens: the log-prob passes must place them the same way."""
+    audio_tokens: torch.Tensor | None = None
+    """(P,) audio placeholder tokens of each prompt (checked against its features); None without audio."""
+
+    def metrics(self, std_after: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
+        """The logged train metrics of this rollout, given each group's reward std after hinting: the means, the
+        reward failure counts (summed over ranks), and the longest completion (max over ranks)."""
+        lengths = torch.tensor([float(len(r.completion_ids)) for r in self.rows])
+        means = {
+            "reward": torch.nanmean(self.rewards),
+            "reward_before_hint": self.reward_before,
+            "reward_std": torch.nanmean(std_after),
+            "frac_reward_zero_std": (torch.nan_to_num(std_after, nan=0.0) == 0).float().mean(),
+            "frac_reward_zero_std_before_hint": (torch.nan_to_num(self.std_before, nan=0.0) == 0).float().mean(),
+            "hint_rate": self.hint_rate,
+            "hinted_completions": self.hinted.float().mean(),
+            "completions/mean_length": lengths.mean(),
+            "completions/clipped_ratio": self.truncated.float().mean(),
+        }
+        if self.audio_tokens is not None:
+            means["audio_tokens_per_prompt"] = self.audio_tokens.float().mean()
+        failures = {}
+        for k, name in enumerate(self.reward_names):
+            means[f"rewards/{name}/mean"] = torch.nanmean(self.per_reward[:, k])
+            failures[f"rewards/{name}/failures"] = torch.tensor(float(self.failures.get(name, 0)))
+        return means, failures, lengths.max()
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from msathinker.module import OmniPolicyModule
+from msathinker.moe import MoEOptions, expert_load, load_balancing_loss
+from msathinker.policy import PolicyOptions
+from msathinker.qwen_omni import family_of
 from msathinker.rollout import thinker_of
 from msathinker.sharding import all_reduce_sum
 
@@ -48,14 +51,20 @@ def target_token_loss(
     return F.cross_entropy(logits, shifted[targets], reduction="sum") / num_items_in_batch
 
 
-def sft_loss(model, inputs: dict[str, torch.Tensor], num_items_in_batch: torch.Tensor | float) -> torch.Tensor:
+def sft_loss(
+    model, inputs: dict[str, torch.Tensor], num_items_in_batch: torch.Tensor | float, router_logits: bool = False
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
     """target_token_loss of a collated batch (the thinker's inputs and labels) under `model` (the thinker or its
-    peft wrapper). The language model and the LM head are called directly, as GRPO does: each is an FSDP2 unit of
-    its own, and the thinker's forward would compute the logits of every position."""
+    peft wrapper), and with `router_logits` (mixture-of-experts models) the routers' logits of every layer. The
+    language model and the LM head are called directly, as GRPO does: each is an FSDP2 unit of its own, and the
+    thinker's forward would compute the logits of every position."""
     thinker = thinker_of(model)
     features = {name: value for name, value in inputs.items() if name != "labels"}
-    hidden = thinker.model(**features, use_cache=False).last_hidden_state
-    return target_token_loss(hidden, inputs["labels"], thinker.lm_head, num_items_in_batch)
+    if router_logits:
+        features["output_router_logits"] = True
+    out = thinker.model(**features, use_cache=False)
+    loss = target_token_loss(out.last_hidden_state, inputs["labels"], thinker.lm_head, num_items_in_batch)
+    return loss, out.router_logits if router_logits else None
 
 
 class NonFiniteLossError(RuntimeError):
@@ -63,9 +72,32 @@ class NonFiniteLossError(RuntimeError):
 
 
 class SFTModule(OmniPolicyModule):
-    """Supervised fine-tuning of a Qwen2.5-Omni thinker (LoRA by default) with generation-based evaluation. Its
-    arguments are OmniPolicyModule's (policy, optimizer, scheduler, generation, unparsed_score, prediction_scale);
-    the completion format is the data's (data.init_args.output_format)."""
+    """Supervised fine-tuning of an omni thinker (LoRA by default) with generation-based evaluation. Its arguments
+    are OmniPolicyModule's (policy, optimizer, scheduler, generation, unparsed_score, prediction_scale) and `moe`;
+    the completion format is the data's (data.init_args.output_format).
+
+    Args:
+        moe: the router terms of a mixture-of-experts student (Qwen3-Omni): the load-balancing loss, off by
+            default. On such a student the expert load (`train/moe/expert_load_max`: the busiest expert's share of
+            the routed tokens times the number of experts, averaged over layers; 1.0 is a perfect balance) and the
+            load-balancing loss (`train/moe/router_aux_loss`) are logged at every step either way.
+    """
+
+    def __init__(self, policy: PolicyOptions, moe: MoEOptions = MoEOptions(), **kwargs: Any):
+        super().__init__(policy, **kwargs)
+        self.moe = moe
+
+    def configure_model(self) -> None:
+        super().configure_model()
+        if self.moe.router_aux_loss and not self.is_moe:
+            raise ValueError(
+                f"moe.router_aux_loss is on, but {self.policy.model_path} is not a mixture-of-experts model "
+                f"({family_of(thinker_of(self.model))} is dense): turn it off"
+            )
+
+    @property
+    def is_moe(self) -> bool:
+        return family_of(thinker_of(self.model)) == "qwen3_omni"
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
@@ -77,7 +109,9 @@ class SFTModule(OmniPolicyModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         inputs = batch["inputs"]
-        loss = sft_loss(self.model, inputs, self._tokens_per_rank(inputs["labels"]))
+        loss, router_logits = sft_loss(self.model, inputs, self._tokens_per_rank(inputs["labels"]), self.is_moe)
+        if router_logits is not None:
+            loss = loss + self._router_terms(router_logits, inputs["attention_mask"], len(batch["meta"]["id"]))
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"loss is {loss.item()} at global step {self.global_step} (batch {batch_idx}, clips "
@@ -86,6 +120,22 @@ class SFTModule(OmniPolicyModule):
             )
         self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["meta"]["id"]), sync_dist=True)
         return loss
+
+    def _router_terms(self, router_logits, attention_mask: torch.Tensor, batch_size: int) -> torch.Tensor:
+        """Log the expert load and the load-balancing loss; return the loss term added to the SFT loss."""
+        text_config = thinker_of(self.model).config.text_config
+        top_k = text_config.num_experts_per_tok
+        load = expert_load(router_logits, top_k, attention_mask)
+        aux = load_balancing_loss(router_logits, top_k, attention_mask)
+        logged = {
+            "train/moe/expert_load_max": load.max(-1).values.mean() * load.shape[-1],
+            "train/moe/router_aux_loss": aux,
+        }
+        self.log_dict({k: v.detach() for k, v in logged.items()}, batch_size=batch_size, sync_dist=True)
+        if not self.moe.router_aux_loss:
+            return aux.new_zeros(())
+        coef = self.moe.router_aux_loss_coef
+        return (text_config.router_aux_loss_coef if coef is None else coef) * aux
 
     def _tokens_per_rank(self, labels: torch.Tensor) -> torch.Tensor:
         """The loss divisor that makes the gradient a mean over every target token of the global batch: the

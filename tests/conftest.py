@@ -30,6 +30,15 @@ def tiny_model() -> str:
     return resolve_model_path("tiny")
 
 
+@pytest.fixture(scope="session", params=["tiny", "tiny-qwen3"], ids=["qwen2_5_omni", "qwen3_omni"])
+def omni_model(request) -> str:
+    """Path of the cached tiny checkpoint of each model family: Qwen2.5-Omni ("tiny") and Qwen3-Omni-MoE
+    ("tiny-qwen3"); a test using it runs once per family."""
+    from msathinker.assets import resolve_model_path
+
+    return resolve_model_path(request.param)
+
+
 @pytest.fixture(scope="session")
 def tiny_dc() -> str:
     """Path of the cached tiny thinker pre-trained on the demo's DC answers (built on first use)."""

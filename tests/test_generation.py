@@ -129,7 +129,7 @@ def test_rollouts_sample_the_distribution_the_logprob_pass_scores(leaky_checkpoi
     inputs = dict(tok([text], return_tensors="pt"))
     prompt, media = inputs["input_ids"][0], split_prompt_media(model, inputs, encode_once=True)[0]
     vocab = thinker.lm_head.weight.shape[0]
-    suppressed = media_token_ids(thinker.config)
+    suppressed = media_token_ids(tok)
 
     def next_token_probs() -> torch.Tensor:
         rows = [Row(prompt, media, torch.tensor([t])) for t in range(vocab)]

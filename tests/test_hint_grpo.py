@@ -104,12 +104,12 @@ def trainer(tmp_path: Path, **kwargs) -> L.Trainer:
     return L.Trainer(**{**defaults, **kwargs})
 
 
-def test_encode_once_matches_re_encoding(tiny_model, tmp_path):
+def test_encode_once_matches_re_encoding(omni_model, tmp_path):
     from msathinker.rollout import Row, completion_logprobs, split_prompt_media, unpadded_prompts
 
-    module = grpo_module(tiny_model)
+    module = grpo_module(omni_model)
     module.configure_model()
-    dm = datamodule(tiny_model, tmp_path)
+    dm = datamodule(omni_model, tmp_path)
     dm.setup("validate")
     inputs = next(iter(dm.val_dataloader()))["inputs"]
     prompts = unpadded_prompts(inputs)
@@ -123,16 +123,16 @@ def test_encode_once_matches_re_encoding(tiny_model, tmp_path):
     torch.testing.assert_close(results[0], results[1], rtol=1e-5, atol=1e-5)
 
 
-def test_shared_prompts_give_the_same_samples_logprobs_and_gradients(tiny_model, tmp_path):
+def test_shared_prompts_give_the_same_samples_logprobs_and_gradients(omni_model, tmp_path):
     from msathinker.rollout import Row, completion_logprobs, sample, split_prompt_media, unpadded_prompts
 
-    module = HintGRPOModule(policy=PolicyOptions(model_path=tiny_model, lora=LoraOptions(r=4, alpha=8, dropout=0.0)))
+    module = HintGRPOModule(policy=PolicyOptions(model_path=omni_model, lora=LoraOptions(r=4, alpha=8, dropout=0.0)))
     module.configure_model()
     torch.manual_seed(0)
     for param in module.model.parameters():  # a non-zero adapter, so the gradient reaches the prompt's activations
         if param.requires_grad:
             param.data.normal_(0, 0.05)
-    dm = datamodule(tiny_model, tmp_path)
+    dm = datamodule(omni_model, tmp_path)
     dm.setup("validate")
     inputs = next(iter(dm.val_dataloader()))["inputs"]
     prompts, media = unpadded_prompts(inputs), split_prompt_media(module.model, inputs, True)
@@ -158,15 +158,15 @@ def test_shared_prompts_give_the_same_samples_logprobs_and_gradients(tiny_model,
         torch.testing.assert_close(shared, full, rtol=1e-4, atol=1e-5 * float(full.abs().max()))
 
 
-def test_towers_run_once_per_step_and_hints_are_prompt(tiny_model, tmp_path):
-    module = grpo_module(tiny_model, num_iterations=2, micro_batch_size=4)
+def test_towers_run_once_per_step_and_hints_are_prompt(omni_model, tmp_path):
+    module = grpo_module(omni_model, num_iterations=2, micro_batch_size=4)
     module.configure_model()
     thinker = module.model.get_base_model()
     calls = {"audio": 0, "video": 0}
     thinker.model.audio_tower.register_forward_hook(lambda *_: calls.__setitem__("audio", calls["audio"] + 1))
     thinker.model.visual.register_forward_hook(lambda *_: calls.__setitem__("video", calls["video"] + 1))
     t = trainer(tmp_path, max_steps=2)
-    t.fit(module, datamodule=datamodule(tiny_model, tmp_path))
+    t.fit(module, datamodule=datamodule(omni_model, tmp_path))
     assert calls == {"audio": 1, "video": 1}  # 1 training step of 2 prompts x 4 completions, 2 iterations
     assert module.counters == {"groups": 2, "hinted_groups": 2}
     rollout = module.last_rollout

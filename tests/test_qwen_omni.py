@@ -1,7 +1,8 @@
-"""The Qwen2.5-Omni internals of msathinker/qwen_omni.py (and FSDP2's) still exist and behave as the rollouts assume,
-checked on the tiny checkpoint; and the installed transformers and torch are the releases they were checked against.
-When one of these fails after an upgrade, re-check the function it names against the new source before trusting a
-GRPO run: the rollouts would otherwise sample or score from wrong embeddings or positions without an error."""
+"""The Qwen-Omni internals of msathinker/qwen_omni.py (and FSDP2's) still exist and behave as the rollouts assume,
+checked on the tiny checkpoint of each family (Qwen2.5-Omni and Qwen3-Omni-MoE); and the installed transformers and
+torch are the releases they were checked against. When one of these fails after an upgrade, re-check the function it
+names against the new source before trusting a GRPO run: the rollouts would otherwise sample or score from wrong
+embeddings or positions without an error."""
 
 from __future__ import annotations
 
@@ -13,10 +14,13 @@ from torch import nn
 from msathinker.qwen_omni import (
     CHECKED_WITH,
     audio_token_counts,
-    embed_with_media,
+    embed_with_audio,
+    encode_videos,
+    family_of,
     init_fsdp_root,
     reorder_rope_deltas,
     rope_positions,
+    video_encoder_outputs,
 )
 
 RECHECK = (
@@ -25,30 +29,26 @@ RECHECK = (
 )
 
 
-@pytest.fixture(scope="module")
-def omni(tiny_model, tmp_path_factory):
-    """The tiny thinker, its processor and a collated evaluation batch of 4 clips (audio and video)."""
+@pytest.fixture(scope="module", params=["tiny", "tiny-qwen3"], ids=["qwen2_5_omni", "qwen3_omni"])
+def omni(request, tmp_path_factory):
+    """A tiny thinker of each family, its processor and a collated evaluation batch of 4 clips (audio and video)."""
     from data_modules import MSADataModule
     from msathinker.modeling import load_thinker
 
-    thinker, processor = load_thinker(tiny_model)
+    thinker, processor = load_thinker(request.param)
     thinker.eval()
-    data = MSADataModule(dataset="demo_mosi", processor_path=tiny_model, max_clips=8, batch_size=2,
+    data = MSADataModule(dataset="demo_mosi", processor_path=request.param, max_clips=8, batch_size=2,
                          eval_batch_size=4, media_cache_dir=str(tmp_path_factory.mktemp("media")))  # fmt: skip
     data.setup("validate")
     return thinker, processor, next(iter(data.val_dataloader()))["inputs"]
 
 
-def encoded(thinker, inputs) -> tuple[torch.Tensor, torch.Tensor]:
-    """The batch's audio and video encoder outputs, each concatenated over the clips."""
+def encoded_audio(thinker, inputs) -> torch.Tensor:
+    """The batch's audio encoder outputs, concatenated over the clips."""
     with torch.no_grad():
-        audio = thinker.model.get_audio_features(
+        return thinker.model.get_audio_features(
             inputs["input_features"], inputs["feature_attention_mask"], return_dict=True
         ).last_hidden_state
-        video = thinker.model.get_video_features(
-            inputs["pixel_values_videos"], inputs["video_grid_thw"], return_dict=True
-        ).pooler_output
-    return audio, torch.cat(video)
 
 
 def test_the_installed_releases_are_the_checked_ones():
@@ -59,9 +59,10 @@ def test_the_installed_releases_are_the_checked_ones():
     assert not changed, (
         f"installed {changed}, but msathinker/qwen_omni.py was checked against {CHECKED_WITH}: "
         + RECHECK.format(
-            what="transformers' Qwen2_5OmniAudioEncoder._get_feat_extract_output_lengths, the placeholder scatter "
-            "of Qwen2_5OmniThinkerModel.forward, get_rope_index and rope_deltas (and their use in generate); "
-            "torch's fully_shard.state(...)._lazy_init"
+            what="transformers' audio length formulas (Qwen2_5OmniAudioEncoder._get_feat_extract_output_lengths, "
+            "modeling_qwen3_omni_moe._get_feat_extract_output_lengths), the audio scatter and mm_encoder_outputs of "
+            "both thinker models' forward (with Qwen3-Omni's deepstack features), get_rope_index and rope_deltas "
+            "(and their use in generate); torch's fully_shard.state(...)._lazy_init"
         )
     )
 
@@ -69,27 +70,54 @@ def test_the_installed_releases_are_the_checked_ones():
 def test_audio_token_counts_are_the_placeholders_and_the_tower_rows(omni):
     thinker, _, inputs = omni
     counts = audio_token_counts(thinker, inputs["feature_attention_mask"].sum(-1))
-    placeholders = (inputs["input_ids"] == thinker.config.audio_token_index).sum(-1)
-    audio, _ = encoded(thinker, inputs)
+    placeholders = (inputs["input_ids"] == thinker.config.audio_token_id).sum(-1)
+    audio = encoded_audio(thinker, inputs)
     assert counts.tolist() == placeholders.tolist() and int(counts.sum()) == audio.shape[0], RECHECK.format(
-        what="audio_token_counts (Qwen2_5OmniAudioEncoder._get_feat_extract_output_lengths)"
+        what=f"audio_token_counts ({family_of(thinker)}'s _get_feat_extract_output_lengths)"
     )
 
 
-def test_the_scatter_reproduces_the_forward_on_raw_media(omni):
+def test_precomputed_encoder_outputs_give_the_forwards_logits_on_raw_media(omni):
+    """The encode-once inputs (audio scattered into the embeddings, the video outputs with Qwen3-Omni's deepstack
+    features as mm_encoder_outputs) give exactly the logits of the forward on raw media."""
     thinker, _, inputs = omni
-    audio, video = encoded(thinker, inputs)
-    embeds = embed_with_media(thinker, inputs["input_ids"], audio, video)
+    with torch.no_grad():
+        embeds = embed_with_audio(thinker, inputs["input_ids"], encoded_audio(thinker, inputs))
+        videos = encode_videos(thinker, inputs["pixel_values_videos"], inputs["video_grid_thw"])
+    assert (videos[0].deepstack is not None) == (family_of(thinker) == "qwen3_omni")
     common = {k: inputs[k] for k in ("input_ids", "attention_mask", "feature_attention_mask", "video_grid_thw")}
     common["video_second_per_grid"] = inputs["video_second_per_grid"]
     with torch.no_grad():
         own = thinker.model(
             **common, input_features=inputs["input_features"], pixel_values_videos=inputs["pixel_values_videos"]
         ).last_hidden_state
-        ours = thinker.model(**common, inputs_embeds=embeds).last_hidden_state
+        ours = thinker.model(
+            **common, inputs_embeds=embeds, mm_encoder_outputs=video_encoder_outputs(videos)
+        ).last_hidden_state
     assert torch.equal(thinker.lm_head(ours), thinker.lm_head(own)), RECHECK.format(
-        what="embed_with_media (the placeholder scatter of Qwen2_5OmniThinkerModel.forward)"
+        what="embed_with_audio, encode_videos and video_encoder_outputs (the audio scatter and mm_encoder_outputs "
+        f"of {type(thinker.model).__name__}.forward)"
     )
+
+
+def test_without_the_deepstack_features_the_qwen3_logits_differ(omni):
+    """The deepstack features matter: dropping them (Qwen2.5-Omni's path on a Qwen3-Omni thinker) changes the
+    logits, so the parity above is not vacuous."""
+    from dataclasses import replace
+
+    thinker, _, inputs = omni
+    if family_of(thinker) != "qwen3_omni":
+        pytest.skip("Qwen2.5-Omni has no deepstack features")
+    with torch.no_grad():
+        videos = encode_videos(thinker, inputs["pixel_values_videos"], inputs["video_grid_thw"])
+        zeroed = [replace(v, deepstack=tuple(torch.zeros_like(d) for d in v.deepstack)) for v in videos]
+        common = {k: inputs[k] for k in ("input_ids", "attention_mask", "feature_attention_mask", "video_grid_thw",
+                                         "video_second_per_grid")}  # fmt: skip
+        full, without = (
+            thinker.model(**common, mm_encoder_outputs=video_encoder_outputs(v)).last_hidden_state
+            for v in (videos, zeroed)
+        )
+    assert not torch.allclose(full, without)
 
 
 def test_rope_positions_are_the_forwards_and_rope_deltas_continue_them(omni):
@@ -129,7 +157,7 @@ def test_generating_from_a_reordered_prefill_is_generating_from_scratch(omni):
     assert deltas[0] != deltas[1], "the test needs two prompts whose rope_deltas differ"
     order = torch.tensor([0, 1, 0, 1])  # interleaved: a cache reordered without its rope_deltas misplaces rows 1, 2
     tok, prompts = processor.tokenizer, unpadded_prompts(inputs)
-    config = generation_config(tok, max_new_tokens=4, suppress_tokens=media_token_ids(thinker.config))
+    config = generation_config(tok, max_new_tokens=4, suppress_tokens=media_token_ids(tok))
     config.return_dict_in_generate = config.output_logits = True
 
     encoded_media = split_prompt_media(thinker, inputs, encode_once=True)

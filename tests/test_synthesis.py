@@ -90,11 +90,11 @@ def test_words_reading_rules_teacher_is_filtered_on_sarcastic_clips(tiny_model, 
     assert all(r["reason"].startswith("wrong polarity") for r in records if not r["kept"])
 
 
-def test_transformers_teacher_on_the_tiny_checkpoint(tiny_model, tmp_path):
-    summary = synth(tiny_model, tmp_path, TransformersTeacher(tiny_model, max_new_tokens=8), num_samples=2)
+def test_transformers_teacher_on_the_tiny_checkpoint(omni_model, tmp_path):
+    summary = synth(omni_model, tmp_path, TransformersTeacher(omni_model, max_new_tokens=8), num_samples=2)
     records = read(tmp_path / "out.jsonl")
     assert summary["clips"] == len(records) == 4
-    assert all(r["teacher"] == f"transformers:{tiny_model}" and r["samples_tried"] == 2 for r in records)
+    assert all(r["teacher"] == f"transformers:{omni_model}" and r["samples_tried"] == 2 for r in records)
     assert all(not r["kept"] and r["reason"].startswith("invalid format") for r in records)  # random weights
 
 

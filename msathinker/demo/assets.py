@@ -47,8 +47,10 @@ def tiny_checkpoint(alias: str) -> Path:
 
     target = cache_dir() / f"v{ASSETS_VERSION}" / f"model-{alias}"
     if alias in TINY_MODELS:
-        preset, tokenizer = TINY_MODELS[alias]
-        return _build_once(target, lambda tmp: tiny.write_tiny_checkpoint(tmp, preset=preset, tokenizer=tokenizer))
+        family, preset, tokenizer = TINY_MODELS[alias]
+        return _build_once(
+            target, lambda tmp: tiny.write_tiny_checkpoint(tmp, preset=preset, tokenizer=tokenizer, family=family)
+        )
     if alias not in DC_PRETRAINED:
         raise ValueError(f"unknown tiny model {alias!r}; choose from {sorted([*TINY_MODELS, *DC_PRETRAINED])}")
     base = resolve_model_path(DC_PRETRAINED[alias])

@@ -21,6 +21,7 @@ from typing import Literal
 from msathinker.scales import SCALES
 
 TokenizerKind = Literal["small", "qwen"]
+Family = Literal["qwen2_5_omni", "qwen3_omni"]
 Preset = Literal["tiny", "small", "bench", "medium"]
 
 # Ordered as in Qwen2.5-Omni so that, appended to the 151,643 base ranks, they get the real ids.
@@ -283,44 +284,61 @@ def write_tiny_checkpoint(
     tokenizer: TokenizerKind = "small",
     layout: Literal["thinker", "full"] = "thinker",
     seed: int = 0,
+    family: Family = "qwen2_5_omni",
 ) -> Path:
-    """Write a random-init Qwen2.5-Omni checkpoint to `out_dir` and return the path.
+    """Write a random-init checkpoint of `family` to `out_dir` and return the path.
 
-    layout "thinker" writes a Qwen2_5OmniThinkerForConditionalGeneration checkpoint; "full" writes a
-    Qwen2_5OmniForConditionalGeneration one (model_type qwen2_5_omni; `thinker.*`, `talker.*` and `token2wav.*`
-    weights, see build_full_config), the layout of the released checkpoints that `load_thinker` must also accept.
+    layout "thinker" writes a thinker-only checkpoint (Qwen2_5OmniThinkerForConditionalGeneration,
+    Qwen3OmniMoeThinkerForConditionalGeneration); "full" writes the whole omni model
+    (Qwen2_5OmniForConditionalGeneration with `thinker.*`, `talker.*` and `token2wav.*` weights, see
+    build_full_config; Qwen3OmniMoeForConditionalGeneration with `thinker.*`, `talker.*` and `code2wav.*`), the
+    layout of the released checkpoints that `load_thinker` must also accept. Qwen3-Omni's builders are in
+    msathinker.demo.tiny_qwen3.
     """
     import torch
-    from transformers import (
-        GenerationConfig,
-        Qwen2_5OmniForConditionalGeneration,
-        Qwen2_5OmniThinkerForConditionalGeneration,
-    )
+    import transformers
+    from transformers import GenerationConfig
 
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose from {sorted(PRESETS)}")
+    if layout not in ("thinker", "full"):
+        raise ValueError(f"unknown layout {layout!r}; choose 'thinker' or 'full'")
+    if family == "qwen2_5_omni":
+        tok = build_tokenizer(tokenizer)
+        config = build_thinker_config(tok, preset, vocab_size=151936 if tokenizer == "qwen" else None)
+        full_config, processor = (build_full_config(config) if layout == "full" else None), build_processor(tok)
+        classes = ("Qwen2_5OmniThinkerForConditionalGeneration", "Qwen2_5OmniForConditionalGeneration")
+    elif family == "qwen3_omni":
+        from msathinker.demo import tiny_qwen3
+
+        tok = tiny_qwen3.build_qwen3_tokenizer(tokenizer)
+        vocab_size = tiny_qwen3.QWEN3_VOCAB_SIZE if tokenizer == "qwen" else None
+        config = tiny_qwen3.build_qwen3_thinker_config(tok, preset, vocab_size=vocab_size)
+        full_config = tiny_qwen3.build_qwen3_full_config(config, tok) if layout == "full" else None
+        processor = tiny_qwen3.build_qwen3_processor(tok)
+        classes = ("Qwen3OmniMoeThinkerForConditionalGeneration", "Qwen3OmniMoeForConditionalGeneration")
+    else:
+        raise ValueError(f"unknown family {family!r}; choose 'qwen2_5_omni' or 'qwen3_omni'")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tok = build_tokenizer(tokenizer)
-    config = build_thinker_config(tok, preset, vocab_size=151936 if tokenizer == "qwen" else None)
     torch.manual_seed(seed)
     if layout == "thinker":
-        model = Qwen2_5OmniThinkerForConditionalGeneration(config)
-    elif layout == "full":
-        model = Qwen2_5OmniForConditionalGeneration(build_full_config(config))
+        model = getattr(transformers, classes[0])(config)
     else:
-        raise ValueError(f"unknown layout {layout!r}; choose 'thinker' or 'full'")
+        model = getattr(transformers, classes[1])(full_config)
     model.generation_config = GenerationConfig(
         eos_token_id=[tok.eos_token_id, tok.pad_token_id], pad_token_id=tok.pad_token_id
     )
     model.save_pretrained(out)
-    if layout == "full":  # the speaker file of the released checkpoints (Qwen2_5OmniForConditionalGeneration reads it)
+    if layout == "full" and family == "qwen2_5_omni":  # the released checkpoints' speaker file (the model reads it)
         dit, talker = model.config.token2wav_config.dit_config, model.config.talker_config
         speaker = {"cond": torch.randn(1, dit.enc_emb_dim), "ref_mel": torch.randn(1, 30, dit.mel_dim)}
         torch.save({"Chelsie": {**speaker, "bos_token": talker.tts_text_start_token_id}}, out / "spk_dict.pt")
-    build_processor(tok).save_pretrained(out)
+    processor.save_pretrained(out)
     (out / "msathinker_tiny.json").write_text(
-        json.dumps({"preset": preset, "tokenizer": tokenizer, "layout": layout, "seed": seed}, indent=2)
+        json.dumps(
+            {"family": family, "preset": preset, "tokenizer": tokenizer, "layout": layout, "seed": seed}, indent=2
+        )
     )
     return out
 
