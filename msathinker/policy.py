@@ -40,8 +40,8 @@ class LoraOptions:
     Qwen3-Omni into bare suffixes like "q_proj", which also hit the audio tower."""
     target_parameters: tuple[str, ...] = ()
     """Names (suffixes) of nn.Parameters that get an adapter (peft's target_parameters): for Qwen3-Omni's fused
-    experts, QWEN3_EXPERT_LORA_PARAMETERS ("mlp.experts.gate_up_proj", "mlp.experts.down_proj"). Empty by default,
-    so a Qwen3-Omni adapter covers the attention only."""
+    experts, QWEN3_EXPERT_LORA_PARAMETERS ("mlp.experts.gate_up_proj", "mlp.experts.down_proj"); needs dropout 0.
+    Empty by default, so a Qwen3-Omni adapter covers the attention only."""
     modules_to_save: tuple[str, ...] = ()
     """Modules trained in full next to the adapter and saved with it (e.g. lm_head, embed_tokens: useful for a
     random-init model, or after adding tokens)."""
@@ -96,6 +96,11 @@ def validate_policy_options(options: PolicyOptions) -> None:
         raise ValueError("quantization (4-bit base) needs LoRA: the quantized weights cannot be trained in full")
     if options.adapter_path is not None and options.lora is None:
         raise ValueError("adapter_path needs LoRA (set model.init_args.policy.lora)")
+    if options.lora is not None and options.lora.target_parameters and options.lora.dropout != 0:
+        raise ValueError(
+            f"policy.lora.target_parameters {list(options.lora.target_parameters)} needs policy.lora.dropout 0 "
+            f"(it is {options.lora.dropout}): peft's LoRA on parameters has no dropout"
+        )
 
 
 def build_policy(options: PolicyOptions):
@@ -124,13 +129,21 @@ def build_policy(options: PolicyOptions):
         return model, processor
     from peft import LoraConfig, PeftModel, get_peft_model
 
+    from msathinker.modeling import CheckpointError
+
     if options.adapter_path is not None:
         from pathlib import Path
 
         if not (Path(options.adapter_path) / "adapter_config.json").is_file():
             raise FileNotFoundError(f"adapter_path {options.adapter_path!r}: no adapter_config.json there")
         check_adapter_family(options.adapter_path, model)
-        model = PeftModel.from_pretrained(model, options.adapter_path, is_trainable=True)
+        try:
+            model = PeftModel.from_pretrained(model, options.adapter_path, is_trainable=True)
+        except (ValueError, RuntimeError, KeyError) as exc:
+            raise CheckpointError(
+                f"adapter {options.adapter_path} does not fit {type(model).__name__}: peft could not load it "
+                f"({exc}). Load it onto the checkpoint it was trained on (adapter_config.json: base_model_name_or_path)"
+            ) from exc
         check_adapter_weights(options.adapter_path, model)
     else:
         lora = options.lora
