@@ -280,3 +280,20 @@ def test_distributed_evaluation_counts_each_clip_once(tiny_model, media, tmp_pat
     assert len(metrics["single"]) > 10
     assert metrics["ddp"] == metrics["single"]
     assert metrics["fsdp2"] == metrics["single"]
+
+
+def test_qwen3_omni_sft_and_hint_grpo_under_fsdp2_match_one_process(media, tmp_path):
+    """The Qwen3-Omni-MoE thinker (experts in every decoder layer, deepstack vision features) sharded with FSDP2 on
+    2 processes trains as on one: SFT with activation checkpointing, and Hint-GRPO with encode-once rollouts."""
+    from msathinker.assets import resolve_model_path
+
+    qwen3 = resolve_model_path("tiny-qwen3")
+    sft = sft_model(qwen3)
+    single = fit(tmp_path / "sft-single", sft, "single", 4, media, targets="rules")
+    assert single[0]["train/loss"][-1] < single[0]["train/loss"][0]
+    sft["init_args"]["policy"]["gradient_checkpointing"] = True
+    assert_same_run(fit(tmp_path / "sft-fsdp2", sft, "fsdp2", 4, media, targets="rules"), single, "qwen3 sft fsdp2")
+    grpo = grpo_model(qwen3)
+    single = fit(tmp_path / "grpo-single", grpo, "single", 2, media)
+    assert all(v.abs().max() > 0 for k, v in single[1].items() if "lora_B" in k)
+    assert_same_run(fit(tmp_path / "grpo-fsdp2", grpo, "fsdp2", 2, media), single, "qwen3 hint_grpo fsdp2")
