@@ -56,6 +56,7 @@ class MSACollator:
         self.scale = scale
         self.modalities = modalities
         self.use_audio_in_video = use_audio_in_video
+        self.pixel_bounds = (min_pixels, max_pixels)
         self.video_options = {
             "do_sample_frames": False,
             "cap_pixels_per_frame": True,
@@ -67,6 +68,19 @@ class MSACollator:
         header, self.end_of_turn = chat_turn_markers(processor)
         header_ids = processor.tokenizer(header, add_special_tokens=False)["input_ids"]
         self.turn_start_id, self.assistant_header_len = header_ids[0], len(header_ids)
+
+    def with_processor(self, processor) -> MSACollator:
+        """The same prompts and media settings, built with another checkpoint's processor (a local teacher of
+        another model family renders them with its own chat template and placeholders)."""
+        return MSACollator(
+            processor,
+            self.scale,
+            self.modalities,
+            self.use_audio_in_video,
+            *self.pixel_bounds,
+            self.system_prompt,
+            self.output_format,
+        )
 
     def videos_kwargs(self, item: dict[str, Any]) -> dict[str, Any]:
         """The processor's video options for one clip. `fps` is the clip's own sampling rate, 1 / its frame spacing,

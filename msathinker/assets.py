@@ -1,7 +1,7 @@
 """Where assets are found: the cache directory, and the names that stand for a generated demo asset.
 
 Configs may name a demo asset instead of a path (model "tiny", "tiny-small", "tiny-qwen", "tiny-qwen3",
-"tiny-qwen3-small", "tiny-dc"; dataset
+"tiny-qwen3-qwen", "tiny-qwen3-small", "tiny-dc", "tiny-qwen3-dc"; dataset
 "demo_mosi", "demo_sims"); it is generated on first use by msathinker.demo.assets, which is imported only when such
 a name is given. Every other model path or dataset root is used as given.
 """
@@ -15,11 +15,12 @@ TINY_MODELS = {
     "tiny": ("qwen2_5_omni", "tiny", "small"),
     "tiny-small": ("qwen2_5_omni", "small", "small"),
     "tiny-qwen": ("qwen2_5_omni", "tiny", "qwen"),
-    "tiny-qwen3": ("qwen3_omni", "tiny", "qwen"),
+    "tiny-qwen3": ("qwen3_omni", "tiny", "small"),
+    "tiny-qwen3-qwen": ("qwen3_omni", "tiny", "qwen"),
     "tiny-qwen3-small": ("qwen3_omni", "small", "small"),
 }
 """Model alias -> (family, preset, tokenizer) of the generated random-init checkpoint (msathinker.demo.tiny)."""
-DC_PRETRAINED = {"tiny-dc": "tiny"}
+DC_PRETRAINED = {"tiny-dc": "tiny", "tiny-qwen3-dc": "tiny-qwen3"}
 """Model alias -> the random-init alias it is trained from (msathinker.demo.tiny.write_dc_pretrained_checkpoint): a
 stand-in for a pretrained base that already writes the DC format, for the CPU runs of the real recipes."""
 

@@ -139,13 +139,29 @@ def test_recipe_parity_recipe(recipe_run):
     assert (recipe_run / "runs/msa-thinker-recipe/hint_grpo/adapter/adapter_config.json").is_file()
 
 
-@pytest.mark.parametrize("variant", ["1gpu_qlora", "8gpu_fsdp2"])
-def test_recipe_parity_variant(variant, tiny_dc, tmp_path):
-    """SFT, then Hint-GRPO from its adapter, with the variant's partial config on its base recipe."""
+VARIANTS = {
+    "1gpu_qlora": (["{stage}_1gpu_qlora.yaml"], []),
+    "8gpu_fsdp2": (["{stage}_8gpu_fsdp2.yaml"], []),
+    "qwen3_omni_8gpu_fsdp2": (
+        ["{stage}_8gpu_fsdp2.yaml", "{stage}_qwen3_omni_8gpu_fsdp2.yaml"],
+        ["qwen3_omni_cpu.yaml"],
+    ),
+}
+"""Variant -> its partial configs in experiments/msa_thinker/ (after the stage's recipe) and its extra smoke files."""
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_recipe_parity_variant(variant, tmp_path):
+    """SFT, then Hint-GRPO from its adapter, with the variant's partial configs on its base recipe."""
+    from msathinker.assets import resolve_model_path
+
+    resolve_model_path("tiny-qwen3-dc" if "qwen3" in variant else "tiny-dc")  # built once, before the processes
+    recipes, smoke = VARIANTS[variant]
     processes = ["experiments/smoke/fsdp2_cpu.yaml"] if "fsdp2" in variant else []
     for stage in ("sft", "hint_grpo"):
-        files = [f"experiments/msa_thinker/{stage}.yaml", f"experiments/msa_thinker/{stage}_{variant}.yaml",
-                 f"experiments/smoke/{stage}_cpu.yaml", *processes]  # fmt: skip
+        files = [f"experiments/msa_thinker/{stage}.yaml", *(f"experiments/msa_thinker/{r.format(stage=stage)}"
+                 for r in recipes), f"experiments/smoke/{stage}_cpu.yaml", *(f"experiments/smoke/{f}" for f in smoke),
+                 *processes]  # fmt: skip
         msathinker(tmp_path, "fit", *configs(*files), *probe(tmp_path / f"probe-{stage}", [0, 1, STEPS]),
                    processes=2 if processes else 1)  # fmt: skip
     check_sft_learned(tmp_path / "probe-sft")
@@ -153,3 +169,17 @@ def test_recipe_parity_variant(variant, tiny_dc, tmp_path):
     params, metrics = mlflow_run(tmp_path, "hint_grpo")
     assert params["model.init_args.policy.quantization"] == ("nf4" if "qlora" in variant else "none")
     check_grpo_metrics(metrics)
+
+
+def test_recipe_parity_qwen3_omni_local_teacher(tmp_path):
+    """synthesize.yaml with the local Qwen3-Omni teacher (TransformersTeacher) in place of the endpoint."""
+    from msathinker.assets import resolve_model_path
+
+    resolve_model_path("tiny-qwen3-dc")
+    files = ["experiments/msa_thinker/synthesize.yaml", "experiments/smoke/synthesize_cpu.yaml",
+             "experiments/msa_thinker/synthesize_qwen3_omni_local.yaml",
+             "experiments/smoke/synthesize_qwen3_omni_local_cpu.yaml"]  # fmt: skip
+    msathinker(tmp_path, "synthesize", *configs(*files))
+    records = [json.loads(line) for line in (tmp_path / "runs/msa-thinker-synthesis/sims_train.jsonl").open()]
+    assert len(records) == 8 and {r["teacher"] for r in records} == {"transformers:tiny-qwen3-dc"}
+    assert any(r["kept"] for r in records)  # the pre-trained tiny teacher writes the DC format

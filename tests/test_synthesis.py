@@ -98,6 +98,16 @@ def test_transformers_teacher_on_the_tiny_checkpoint(omni_model, tmp_path):
     assert all(not r["kept"] and r["reason"].startswith("invalid format") for r in records)  # random weights
 
 
+def test_a_local_qwen3_omni_teacher_renders_the_students_prompts_with_its_own_processor(tiny_model, tmp_path):
+    """A Qwen3-Omni teacher for a Qwen2.5-Omni student: the records are the teacher's, from Qwen3-Omni inputs."""
+    from msathinker.assets import resolve_model_path
+
+    teacher = TransformersTeacher(resolve_model_path("tiny-qwen3"), max_new_tokens=4)
+    summary = synth(tiny_model, tmp_path, teacher, max_clips=2)
+    assert summary["clips"] == 2 and type(teacher.collator.processor).__name__ == "Qwen3OmniMoeProcessor"
+    assert "<|audio_start|>" in teacher.collator.prompt({"id": "x", "text": "t", "frame_spacing": 0.5})
+
+
 def test_openai_teacher_backed_by_the_tiny_checkpoint(tiny_model, tmp_path):
     with ChatServer(TinyModelResponder(tiny_model)) as url:
         summary = synth(tiny_model, tmp_path, openai(url, max_in_flight=2), max_clips=3)

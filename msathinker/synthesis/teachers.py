@@ -87,8 +87,10 @@ class RulesTeacher(Teacher):
 
 
 class TransformersTeacher(Teacher):
-    """A local Qwen2.5-Omni / Qwen3-Omni checkpoint (full or thinker-only), batched generate. Decoding uses these
-    settings only (msathinker.generation: stop at <|im_end|>, nothing from the checkpoint's generation_config.json).
+    """A local Qwen2.5-Omni / Qwen3-Omni checkpoint (full or thinker-only), batched generate. Its prompts are the
+    student's conversation rendered with the teacher's own processor (chat template, media placeholders), whatever
+    the student's family. Decoding uses these settings only (msathinker.generation: stop at <|im_end|>, nothing from
+    the checkpoint's generation_config.json).
 
     Args:
         model_path: checkpoint path, hub id or tiny alias. Required.
@@ -116,8 +118,8 @@ class TransformersTeacher(Teacher):
     def setup(self, collator) -> None:
         from msathinker.modeling import load_thinker
 
-        super().setup(collator)
-        self.model, _ = load_thinker(self.model_path, dtype=self.dtype)
+        self.model, processor = load_thinker(self.model_path, dtype=self.dtype)
+        super().setup(collator.with_processor(processor))  # its own chat template and media placeholders
         self.model.to(self.device).eval()
         self.name = f"transformers:{self.model_path}"
 
