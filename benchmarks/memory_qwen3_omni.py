@@ -74,9 +74,9 @@ def main() -> None:
     print(f"FSDP2 over {RANKS} ranks, per GPU:")
     print(f"  bf16 weights (sharded)                       {2 * total / RANKS / GiB:6.2f} GiB")
     print(f"  LoRA weights, grads, AdamW (sharded)         {16 * lora / RANKS / GiB:6.2f} GiB")
-    print(
-        f"  largest unit gathered (one decoder layer)    {2 * (total - counts['embed_tokens'] - counts['lm_head'] - counts['audio tower'] - counts['vision tower (with the deepstack mergers)']) / text.num_hidden_layers / GiB:6.2f} GiB"
-    )
+    towers = counts["audio tower"] + counts["vision tower (with the deepstack mergers)"]
+    layer = (total - counts["embed_tokens"] - counts["lm_head"] - towers) / text.num_hidden_layers
+    print(f"  largest unit gathered (one decoder layer)    {2 * layer / GiB:6.2f} GiB")
     print(f"  activation checkpoints, one {PROMPT_TOKENS}-token clip  {checkpoints / GiB:6.2f} GiB")
 
 
