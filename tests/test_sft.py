@@ -180,9 +180,9 @@ def test_four_bit_base_keeps_the_rest_in_bf16_and_trains_with_checkpointing(tiny
     assert any("lora_B" in name for name in changed) and all(after[name].dtype == torch.float32 for name in lora)
 
 
-def test_cross_domain_test_metric_names(tiny_model, tmp_path):
-    dm = datamodule(tiny_model, tmp_path, dataset="demo_sims", prompt_scale="mosei")
-    sft = module(tiny_model, prediction_scale="mosei")
+def test_cross_domain_test_metric_names(omni_model, tmp_path):
+    dm = datamodule(omni_model, tmp_path, dataset="demo_sims", prompt_scale="mosei")
+    sft = module(omni_model, prediction_scale="mosei")
     results = trainer(tmp_path, limit_test_batches=1).test(sft, datamodule=dm)[0]
     assert {"test/demo_sims/Mult_acc_2", "test/demo_sims/MAE", "test/demo_sims/format_rate"} <= results.keys()
     assert results["test/demo_sims/parse_failure_rate"] == 1.0  # an untrained model writes no number

@@ -108,9 +108,9 @@ def test_a_local_qwen3_omni_teacher_renders_the_students_prompts_with_its_own_pr
     assert "<|audio_start|>" in teacher.collator.prompt({"id": "x", "text": "t", "frame_spacing": 0.5})
 
 
-def test_openai_teacher_backed_by_the_tiny_checkpoint(tiny_model, tmp_path):
-    with ChatServer(TinyModelResponder(tiny_model)) as url:
-        summary = synth(tiny_model, tmp_path, openai(url, max_in_flight=2), max_clips=3)
+def test_openai_teacher_backed_by_the_tiny_checkpoint(omni_model, tmp_path):
+    with ChatServer(TinyModelResponder(omni_model)) as url:
+        summary = synth(omni_model, tmp_path, openai(url, max_in_flight=2), max_clips=3)
     records = read(tmp_path / "out.jsonl")
     assert summary["clips"] == 3 and len({r["id"] for r in records}) == 3
     assert all(r["teacher"] == "openai:tiny" and isinstance(r["completion"], str) for r in records)
