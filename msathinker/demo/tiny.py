@@ -177,6 +177,45 @@ def build_processor(tokenizer):
     )
 
 
+def shared_sizes(tokenizer, preset: Preset, vocab_size: int | None) -> tuple[dict, dict, dict]:
+    """The text, audio and vision config values both families' tiny thinkers take from the preset (each family's
+    builder adds its own); vocab_size defaults to len(tokenizer) rounded up to a multiple of 64."""
+    p = PRESETS[preset]
+    text = {
+        "vocab_size": vocab_size or 64 * -(-len(tokenizer) // 64),
+        "hidden_size": p.hidden,
+        "intermediate_size": p.intermediate,
+        "num_hidden_layers": p.layers,
+        "num_attention_heads": p.heads,
+        "num_key_value_heads": p.kv_heads,
+        "max_position_embeddings": 32768,
+        "tie_word_embeddings": False,
+        "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": list(p.mrope_section)},
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+    }
+    audio = {
+        "num_mel_bins": 128,
+        "encoder_layers": p.audio_layers,
+        "encoder_attention_heads": 2,
+        "encoder_ffn_dim": 2 * p.audio_d_model,
+        "d_model": p.audio_d_model,
+        "output_dim": p.hidden,
+        "max_source_positions": 1500,
+    }
+    vision = {
+        "depth": p.vision_depth,
+        "hidden_size": p.vision_hidden,
+        "intermediate_size": 2 * p.vision_hidden,
+        "num_heads": 2,
+        "in_channels": 3,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+        "out_hidden_size": p.hidden,
+    }
+    return text, audio, vision
+
+
 def build_thinker_config(tokenizer, preset: Preset = "tiny", vocab_size: int | None = None):
     """A Qwen2_5OmniThinkerConfig of the preset's size whose token ids come from `tokenizer`.
 
@@ -184,46 +223,13 @@ def build_thinker_config(tokenizer, preset: Preset = "tiny", vocab_size: int | N
     """
     from transformers import Qwen2_5OmniThinkerConfig
 
-    p = PRESETS[preset]
+    text, audio, vision = shared_sizes(tokenizer, preset, vocab_size)
+    depth = PRESETS[preset].vision_depth
     ids = tokenizer.convert_tokens_to_ids
-    vocab_size = vocab_size or 64 * -(-len(tokenizer) // 64)
     return Qwen2_5OmniThinkerConfig(
-        text_config={
-            "vocab_size": vocab_size,
-            "hidden_size": p.hidden,
-            "intermediate_size": p.intermediate,
-            "num_hidden_layers": p.layers,
-            "num_attention_heads": p.heads,
-            "num_key_value_heads": p.kv_heads,
-            "max_position_embeddings": 32768,
-            "tie_word_embeddings": False,
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": list(p.mrope_section)},
-            "pad_token_id": tokenizer.pad_token_id,
-            "eos_token_id": tokenizer.eos_token_id,
-        },
-        audio_config={
-            "num_mel_bins": 128,
-            "encoder_layers": p.audio_layers,
-            "encoder_attention_heads": 2,
-            "encoder_ffn_dim": 2 * p.audio_d_model,
-            "d_model": p.audio_d_model,
-            "output_dim": p.hidden,
-            "n_window": 100,
-            "max_source_positions": 1500,
-        },
-        vision_config={
-            "depth": p.vision_depth,
-            "hidden_size": p.vision_hidden,
-            "intermediate_size": 2 * p.vision_hidden,
-            "num_heads": 2,
-            "in_channels": 3,
-            "patch_size": 14,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "window_size": 112,
-            "out_hidden_size": p.hidden,
-            "fullatt_block_indexes": [p.vision_depth - 1],
-        },
+        text_config=text,
+        audio_config={**audio, "n_window": 100},
+        vision_config={**vision, "patch_size": 14, "window_size": 112, "fullatt_block_indexes": [depth - 1]},
         audio_token_index=ids("<|AUDIO|>"),
         image_token_index=ids("<|IMAGE|>"),
         video_token_index=ids("<|VIDEO|>"),

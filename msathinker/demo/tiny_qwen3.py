@@ -131,50 +131,20 @@ def build_qwen3_thinker_config(tokenizer, preset: Preset = "tiny", vocab_size: i
     from `tokenizer`."""
     from transformers import Qwen3OmniMoeThinkerConfig
 
+    from msathinker.demo.tiny import shared_sizes
+
+    text, audio, vision = shared_sizes(tokenizer, preset, vocab_size)
     p = PRESETS[preset]
     ids = tokenizer.convert_tokens_to_ids
-    vocab_size = vocab_size or 64 * -(-len(tokenizer) // 64)
+    # Qwen3-Omni interleaves the three TMRoPE sections (always; no config key switches it)
+    moe = {"moe_intermediate_size": p.intermediate // EXPERTS_PER_TOKEN, "num_experts": NUM_EXPERTS,
+           "num_experts_per_tok": EXPERTS_PER_TOKEN, "head_dim": p.hidden // p.heads}  # fmt: skip
     return Qwen3OmniMoeThinkerConfig(
-        text_config={
-            "vocab_size": vocab_size,
-            "hidden_size": p.hidden,
-            "intermediate_size": p.intermediate,
-            "moe_intermediate_size": p.intermediate // EXPERTS_PER_TOKEN,
-            "num_experts": NUM_EXPERTS,
-            "num_experts_per_tok": EXPERTS_PER_TOKEN,
-            "num_hidden_layers": p.layers,
-            "num_attention_heads": p.heads,
-            "num_key_value_heads": p.kv_heads,
-            "head_dim": p.hidden // p.heads,
-            "max_position_embeddings": 32768,
-            "tie_word_embeddings": False,
-            # Qwen3-Omni interleaves the three TMRoPE sections (always; no key switches it)
-            "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": list(p.mrope_section)},
-            "pad_token_id": tokenizer.pad_token_id,
-            "eos_token_id": tokenizer.eos_token_id,
-        },
-        audio_config={
-            "num_mel_bins": 128,
-            "encoder_layers": p.audio_layers,
-            "encoder_attention_heads": 2,
-            "encoder_ffn_dim": 2 * p.audio_d_model,
-            "d_model": p.audio_d_model,
-            "output_dim": p.hidden,
-            "downsample_hidden_size": p.audio_d_model,
-            "n_window": 50,
-            "n_window_infer": 400,
-            "max_source_positions": 1500,
-        },
+        text_config={**text, **moe},
+        audio_config={**audio, "downsample_hidden_size": p.audio_d_model, "n_window": 50, "n_window_infer": 400},
         vision_config={
-            "depth": p.vision_depth,
-            "hidden_size": p.vision_hidden,
-            "intermediate_size": 2 * p.vision_hidden,
-            "num_heads": 2,
-            "in_channels": 3,
+            **vision,
             "patch_size": 16,
-            "spatial_merge_size": 2,
-            "temporal_patch_size": 2,
-            "out_hidden_size": p.hidden,
             "num_position_embeddings": 256,
             "deepstack_visual_indexes": list(range(p.vision_depth)),
         },
