@@ -76,9 +76,10 @@ class ExportAdapter(L.Callback):
 
 
 class RolloutTable(L.Callback):
-    """Logs sample Hint-GRPO rollouts (step, clip id, completion, hinted or not, label, reward and each reward
-    term) as an MLflow table artifact `rollouts/step<N>.json` every `every_n_steps` optimizer steps, from the
-    module's `last_rollout` (msathinker.rollouts.Rollout).
+    """Logs sample Hint-GRPO rollouts (step, clip id, completion, hinted or not, the prefix the hint forced, label,
+    reward and each reward term) as an MLflow table artifact `rollouts/step<N>.json` every `every_n_steps` optimizer
+    steps, from the module's `last_rollout` (msathinker.rollouts.Rollout). A hinted row's completion starts with its
+    forced prefix (placement "prefix"); "forced_prefix" repeats it apart ("" for unhinted rows and prompt hints).
 
     Args:
         every_n_steps: logging interval in optimizer steps.
@@ -115,6 +116,7 @@ class RolloutTable(L.Callback):
             "id": [s.clip_id for s in samples],
             "completion": [s.completion for s in samples],
             "hinted": [s.hinted for s in samples],
+            "forced_prefix": rollout.prefixes[:n],
             "label": [s.label for s in samples],
             "reward": rollout.rewards[:n].tolist(),
             **{name: rollout.per_reward[:n, k].tolist() for k, name in enumerate(rollout.reward_names)},

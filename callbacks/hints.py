@@ -35,6 +35,18 @@ class PolarityHint(HintStrategy):
             keeps `num_unhinted` unhinted completions and regenerates the other G - num_unhinted with the hint,
             all normalised together.
         num_unhinted: unhinted completions kept per hinted group with use "mix" (1 <= num_unhinted < G).
+        credit: how the hint counts in the loss. "prompt" (ICCV Hint-GRPO): hint tokens are context, never in the
+            loss, so the policy learns to continue a verdict it is given. "policy": the verdict tokens a prefix
+            hint forced are trained as if the policy had sampled them from the unhinted prompt, with LUFFY's
+            off-policy term -A * p / (p + shaping_gamma), p the policy's probability of the token without the hint
+            (Yan et al. 2025, arXiv 2504.14945, "policy shaping"; the forced token's behaviour probability is 1), so
+            the policy learns to produce the verdict itself. Needs placement "prefix" (a prompt hint forces no
+            token).
+        shaping_gamma: gamma of that shaping (LUFFY's default 0.1); > 0.
+        baseline: with use "mix", the advantage baseline (mean and std) over the whole group ("group") or apart for
+            the group's hinted and its unhinted completions ("split": each side is compared with its own kind, so
+            hinted completions are not favoured merely for being hinted). "split" needs use "mix" and at least two
+            completions on each side.
     """
 
     gives_hints = True
@@ -46,6 +58,9 @@ class PolarityHint(HintStrategy):
         placement: Literal["prefix", "prompt"] = "prefix",
         use: Literal["replace", "mix"] = "replace",
         num_unhinted: int = 4,
+        credit: Literal["prompt", "policy"] = "prompt",
+        shaping_gamma: float = 0.1,
+        baseline: Literal["group", "split"] = "group",
     ):
         if trigger not in ("no_correct_polarity", "zero_std", "always", "fraction"):
             raise ValueError(f"unknown trigger {trigger!r}")
@@ -53,11 +68,30 @@ class PolarityHint(HintStrategy):
             raise ValueError(f"fraction must be in [0, 1], got {fraction}")
         if use == "mix" and num_unhinted < 1:
             raise ValueError("use 'mix' keeps num_unhinted >= 1 unhinted completions per group")
+        if credit not in ("prompt", "policy"):
+            raise ValueError(f"unknown hint credit {credit!r}; choose prompt or policy")
+        if credit == "policy" and placement != "prefix":
+            raise ValueError(
+                f"hint credit 'policy' trains the tokens the hint forces, and placement {placement!r} forces none "
+                "(its hint is a line of the user turn): use placement 'prefix', or credit 'prompt'"
+            )
+        if shaping_gamma <= 0:
+            raise ValueError(f"shaping_gamma must be > 0, got {shaping_gamma}")
+        if baseline not in ("group", "split"):
+            raise ValueError(f"unknown baseline {baseline!r}; choose group or split")
+        if baseline == "split" and use != "mix":
+            raise ValueError(
+                f"baseline 'split' takes the hinted and unhinted completions of a group apart, and use {use!r} "
+                "trains groups that are all hinted or all unhinted: use 'mix', or baseline 'group'"
+            )
         self.trigger = trigger
         self.fraction = fraction
         self.placement = placement
         self.use = use
         self.num_unhinted = num_unhinted if use == "mix" else 0
+        self.credit = credit
+        self.shaping_gamma = shaping_gamma
+        self.baseline = baseline
 
     def select(
         self, correct_polarity: torch.Tensor, reward_std: torch.Tensor, generator: torch.Generator

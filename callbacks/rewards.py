@@ -9,7 +9,8 @@ from msathinker.rewards import Reward, RewardInput
 
 
 class FormatReward(Reward):
-    """1 if the completion is exactly in the expected format, else 0."""
+    """1 if the completion is exactly in the expected format, else 0. Under DC span credit it counts on every
+    token."""
 
     name = "format"
 
@@ -18,9 +19,11 @@ class FormatReward(Reward):
 
 
 class PolarityReward(Reward):
-    """1 if the completion's polarity (stated, else the band of its score) is the label's, else 0."""
+    """1 if the completion's polarity (stated, else the band of its score) is the label's, else 0. Under DC span
+    credit it counts on the discrimination span's tokens."""
 
     name = "polarity"
+    span = "discrimination"
 
     def score(self, sample: RewardInput) -> float:
         return float(sample.parsed.effective_polarity(sample.scale) == polarity_of(sample.label, sample.scale))
@@ -28,7 +31,7 @@ class PolarityReward(Reward):
 
 class ScoreReward(Reward):
     """max(0, 1 - |score - label| / tau) with tau = the scale's reward_tau (1 on [-3, 3], 1/3 on [-1, 1]); 0 when
-    the completion has no number.
+    the completion has no number. Under DC span credit it counts on the calibration and answer tokens.
 
     Args:
         weight: multiplier of this reward in the sum.
@@ -36,6 +39,7 @@ class ScoreReward(Reward):
     """
 
     name = "score"
+    span = "calibration"
 
     def __init__(self, weight: float = 1.0, tau: float | None = None):
         super().__init__(weight)

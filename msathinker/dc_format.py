@@ -306,6 +306,15 @@ def _inner_error(text: str, think: _Pair, disc: _Pair, cal: _Pair) -> str | None
     )
 
 
+def discrimination_end(text: str) -> int | None:
+    """Where the discrimination part of a completion ends: the offset just past its single </discrimination> tag
+    (whitespace and case tolerated as by the parser), or None when the text has no closing tag or more than one. DC
+    span credit splits a completion's tokens there: the discrimination span before, calibration and answer after.
+    The text may start inside the discrimination (a prefix hint opened it in the prompt)."""
+    closes = [m for m in _TAG.finditer(text) if m.group(1) is not None and m.group(2).lower() == "discrimination"]
+    return closes[0].end() if len(closes) == 1 else None
+
+
 def verdict_sentence(polarity: Polarity) -> str:
     """The sentence a DC discrimination opens with: the polarity verdict, before the "Polarity: X" statement.
 

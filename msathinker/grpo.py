@@ -75,7 +75,9 @@ def group_reward_std(rewards: Tensor, group_size: int) -> Tensor:
     return _nanstd(rewards.view(-1, group_size), dim=1)
 
 
-def group_advantages(rewards: Tensor, group_size: int, scale: RewardScale = "group") -> Tensor:
+def group_advantages(
+    rewards: Tensor, group_size: int, scale: RewardScale = "group", split: Tensor | None = None
+) -> Tensor:
     """Group-relative advantages, exactly TRL's `sum_then_normalize` path (docs/method.md, Advantages).
 
     `rewards` has shape (B,), ordered as consecutive groups of `group_size` completions of one prompt.
@@ -88,10 +90,25 @@ def group_advantages(rewards: Tensor, group_size: int, scale: RewardScale = "gro
     (`nanmean` / unbiased `nanstd`) and its advantage is 0, so it neither biases the baseline nor moves the policy
     (TRL: `rewards[unscorable_mask] = nan` ... `advantages = torch.nan_to_num(advantages, nan=0.0)`). Groups whose
     rewards are all NaN, or that have a single non-NaN reward, get advantage 0 throughout.
+
+    `split` (B,) bool, optional: the baseline is taken apart on each side of the split within a group (Hint-GRPO's
+    `baseline: split`, with the hinted and unhinted completions of a "mix" group): the mean, and with "group" the
+    std, are over the group's members on the same side; "batch" keeps one std over the whole batch. A side with one
+    scored member gets advantage 0 (its std is NaN with "group", r - mean = 0 otherwise).
     """
     rewards = _check_rewards(rewards, group_size)
     if scale not in REWARD_SCALES:
         raise ValueError(f"unknown reward scale {scale!r}; choose one of {', '.join(REWARD_SCALES)}")
+    if split is not None:
+        if split.shape != rewards.shape:
+            raise ValueError(f"split must be (B,) = {tuple(rewards.shape)} like rewards, got {tuple(split.shape)}")
+        # each part's members see only their own part's rewards; NaN is "left out" throughout
+        parts = [torch.where(split == value, rewards, torch.nan) for value in (False, True)]
+        part_advantages = [group_advantages(r, group_size, scale) for r in parts]
+        if scale == "batch":  # one std over the whole batch, not per part
+            std = _nanstd(rewards) if rewards.numel() > 1 else rewards.new_zeros(())
+            part_advantages = [group_advantages(r, group_size, "none") / (std + ADVANTAGE_EPS) for r in parts]
+        return torch.nan_to_num(torch.where(split, part_advantages[1], part_advantages[0]), nan=0.0)
     grouped = rewards.view(-1, group_size)
     mean = torch.nanmean(grouped, dim=1).repeat_interleave(group_size)
     advantages = rewards - mean
@@ -102,6 +119,59 @@ def group_advantages(rewards: Tensor, group_size: int, scale: RewardScale = "gro
         std = _nanstd(rewards) if rewards.numel() > 1 else rewards.new_zeros(())
         advantages = advantages / (std + ADVANTAGE_EPS)
     return torch.nan_to_num(advantages, nan=0.0)
+
+
+def decoupled_advantages(
+    per_reward: Tensor,
+    weights: Tensor,
+    group_size: int,
+    scale: RewardScale = "group",
+    split: Tensor | None = None,
+) -> Tensor:
+    """Each reward's own group-relative advantage, times its weight (DC span credit; docs/method.md, Span credit).
+
+    Shapes: `per_reward` (B, K) each reward's value (NaN where it failed), `weights` (K,). Returns (B, K):
+
+        A[b, k] = w_k * group_advantages(per_reward[:, k], group_size, scale, split)[b]
+
+    Normalising each reward per group before they are combined is GDPO's decoupled normalisation (Liu et al. 2026,
+    "GDPO: Group reward-Decoupled Normalization Policy Optimization", arXiv 2601.05242), without its final batch
+    normalisation of the sum (here the rewards credit different tokens: `token_advantages`). The weight multiplies
+    the normalised advantage, so it still counts under std scaling.
+    """
+    if per_reward.dim() != 2 or weights.shape != per_reward.shape[1:]:
+        raise ValueError(
+            f"per_reward must be (B, K) and weights (K,), got {tuple(per_reward.shape)} and {tuple(weights.shape)}"
+        )
+    per_reward = per_reward if per_reward.is_floating_point() else per_reward.float()
+    columns = [group_advantages(per_reward[:, k], group_size, scale, split) for k in range(per_reward.shape[1])]
+    return torch.stack(columns, dim=1) * weights.to(per_reward)
+
+
+def token_advantages(reward_advantages: Tensor, in_span: Tensor) -> Tensor:
+    """Per-token advantages from per-reward ones: A[b, t] = sum_k reward_advantages[b, k] * in_span[b, k, t].
+
+    `reward_advantages` (B, K) (`decoupled_advantages`), `in_span` (B, K, T) bool: whether token t of completion b
+    lies in reward k's span. With one reward whose span covers every token this is that reward's advantage
+    broadcast over the tokens.
+    """
+    if in_span.dim() != 3 or in_span.shape[:2] != reward_advantages.shape:
+        raise ValueError(
+            f"in_span must be (B, K, T) with (B, K) = {tuple(reward_advantages.shape)}, got {tuple(in_span.shape)}"
+        )
+    return (reward_advantages.unsqueeze(-1) * in_span.to(reward_advantages)).sum(dim=1)
+
+
+def shaped_offpolicy_weight(logp: Tensor, gamma: float) -> Tensor:
+    """LUFFY's policy shaping of an off-policy token (Yan et al. 2025, "Learning to Reason under Off-Policy
+    Guidance", arXiv 2504.14945, eq. 6; their `off_policy_reshape="p_div_p_0.1"`): f(pi) = pi / (pi + gamma), with
+    pi = exp(logp) the policy's probability of the token, and the behaviour policy's probability taken as 1 (for a
+    token the hint forced it is exactly 1). The gradient of f is gamma / (pi + gamma)^2 * grad pi: tokens the policy
+    finds unlikely are not pushed with a weight of 1 / pi as plain importance sampling would."""
+    if gamma <= 0:
+        raise ValueError(f"the policy-shaping gamma must be > 0, got {gamma}")
+    probability = torch.exp(logp)
+    return probability / (probability + gamma)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -137,17 +207,24 @@ def policy_loss(
     beta: float = 0.0,
     max_completion_length: int | None = None,
     num_items: float | Tensor | None = None,
+    forced: Tensor | None = None,
+    gamma: float = 0.1,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The GRPO clipped surrogate loss with k3 KL penalty and TRL's aggregations; returns (loss, metrics).
 
-    Shapes: `logp`, `old_logp`, `ref_logp`, `mask` are (B, T) per completion token; `advantages` is (B,).
-    `logp` must come from logits divided by the sampling temperature (`token_logprobs(..., temperature)`).
+    Shapes: `logp`, `old_logp`, `ref_logp`, `mask` are (B, T) per completion token; `advantages` is (B,) per
+    completion, or (B, T) per token (DC span credit, `span_advantages`); `forced` is (B, T) bool, the tokens a hint
+    forced (Hint credit "policy"). `logp` must come from logits divided by the sampling temperature
+    (`token_logprobs(..., temperature)`).
 
     Per token (TRL `_compute_loss`; docs/method.md, GRPO):
         ratio = exp(logp - old_logp)                       (old_logp None -> logp.detach(): ratio == 1 and the
                                                             gradient is the plain policy gradient, single update)
         L = -min(ratio * A, clamp(ratio, 1 - eps_low, 1 + eps_high) * A) + beta * KL,
         KL = exp(ref - logp) - (ref - logp) - 1            (k3; only added when beta != 0)
+    except on a forced token, which the policy did not sample (LUFFY's off-policy term, unclipped; see
+    `shaped_offpolicy_weight`):
+        L = -f(exp(logp)) * A + beta * KL,   f(p) = p / (p + gamma)
 
     Aggregation over the masked tokens (`mask` = completion tokens that are trained on; hint tokens must be 0):
         "grpo":    mean over sequences of (sum_t m L / max(sum_t m, 1))            (per-sequence mean first)
@@ -163,7 +240,9 @@ def policy_loss(
 
     Metrics (detached scalars, masked means over this micro-batch's active tokens, TRL's definitions):
         "kl" (when `ref_logp` is given), "clip_ratio/low_mean" = mean[(ratio < 1 - eps_low) & (A < 0)],
-        "clip_ratio/high_mean" = mean[(ratio > 1 + eps_high) & (A > 0)], "clip_ratio/region_mean" = mean of either.
+        "clip_ratio/high_mean" = mean[(ratio > 1 + eps_high) & (A > 0)], "clip_ratio/region_mean" = mean of either;
+        with `forced`, "forced_token_prob" = mean exp(logp) over the active forced tokens (LUFFY's
+        off_policy_prob; 0 when there are none).
     TRL averages these over processes; a caller doing DDP reduces them itself.
     """
     if loss_type not in LOSS_TYPES:
@@ -173,8 +252,13 @@ def policy_loss(
     for name, t in (("old_logp", old_logp), ("ref_logp", ref_logp), ("mask", mask)):
         if t is not None and t.shape != logp.shape:
             raise ValueError(f"{name} has shape {tuple(t.shape)}, expected {tuple(logp.shape)} like logp")
-    if advantages.shape != (logp.shape[0],):
-        raise ValueError(f"advantages must be (B,) = ({logp.shape[0]},), got shape {tuple(advantages.shape)}")
+    if advantages.shape not in ((logp.shape[0],), logp.shape):
+        raise ValueError(
+            f"advantages must be (B,) = ({logp.shape[0]},) or (B, T) = {tuple(logp.shape)}, got shape "
+            f"{tuple(advantages.shape)}"
+        )
+    if forced is not None and forced.shape != logp.shape:
+        raise ValueError(f"forced has shape {tuple(forced.shape)}, expected {tuple(logp.shape)} like logp")
     if beta > 0 and ref_logp is None:
         raise ValueError("beta > 0 needs ref_logp (reference-model log-probs) for the KL penalty")
     if beta < 0:
@@ -189,11 +273,14 @@ def policy_loss(
     if old_logp is None:
         old_logp = logp.detach()
     mask_f = mask.to(logp.dtype)
-    adv = advantages.to(logp.dtype).unsqueeze(1)
+    adv = advantages.to(logp.dtype)
+    adv = adv.unsqueeze(1) if adv.dim() == 1 else adv
 
     ratio = torch.exp(logp - old_logp)
     clipped = torch.clamp(ratio, 1 - eps_low, 1 + eps_high)
     per_token_loss = -torch.min(ratio * adv, clipped * adv)
+    if forced is not None:
+        per_token_loss = torch.where(forced, -shaped_offpolicy_weight(logp, gamma) * adv, per_token_loss)
     per_token_kl = k3_kl(logp, ref_logp) if ref_logp is not None else None
     if beta != 0 and per_token_kl is not None:
         per_token_loss = per_token_loss + beta * per_token_kl
@@ -220,6 +307,8 @@ def policy_loss(
         metrics["clip_ratio/low_mean"] = masked_mean(is_low.to(logp.dtype), mask_f)
         metrics["clip_ratio/high_mean"] = masked_mean(is_high.to(logp.dtype), mask_f)
         metrics["clip_ratio/region_mean"] = masked_mean((is_low | is_high).to(logp.dtype), mask_f)
+        if forced is not None:
+            metrics["forced_token_prob"] = masked_mean(torch.exp(logp.detach()), mask_f * forced.to(logp.dtype))
     return loss, metrics
 
 

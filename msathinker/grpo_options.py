@@ -42,7 +42,18 @@ class GRPOOptions:
     """Drop completions that hit max_completion_length from the loss (they still count in the group statistics)."""
     dynamic_sampling: bool = False
     """DAPO-style: keep only groups whose rewards are not all equal, buffering them across steps until a full batch
-    of prompts is collected (TRL does not do this)."""
+    of prompts is collected (TRL does not do this). The buffer is saved in the checkpoint: a resumed run trains on
+    the same groups."""
+    max_buffer_staleness: int | None = 4
+    """With dynamic sampling: drop a buffered group once the policy has taken more than this many optimizer steps
+    since it was sampled (its completions come from an older policy); None keeps every group. Logged:
+    train/dynamic_sampling_staleness (mean over the groups trained on) and train/dynamic_sampling_dropped."""
+    span_credit: bool = False
+    """DC span credit: each reward is normalised per group on its own (GDPO's decoupled normalisation) and its
+    advantage reaches only the tokens of its span (`Reward.span`): polarity the discrimination (through
+    </discrimination>), score the calibration and the answer, format every token. A completion without a single
+    </discrimination> gets every reward on every token. Needs data.init_args.output_format dc. False: one advantage
+    per completion from the weighted reward sum (TRL)."""
     max_grad_norm: float | None = 1.0
     """Gradient clipping by global norm; None disables it."""
     encode_media_once: bool = True

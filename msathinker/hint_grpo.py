@@ -3,8 +3,9 @@
 Per step: encode each prompt's media once; sample G completions per prompt; score them with the reward plug-ins;
 let the hint strategy pick the groups that get the label's polarity as a hint (by default the hard ones: no
 completion found the right polarity) and regenerate them from the hinted prompt; compute TRL-exact advantages and
-the clipped policy loss (msathinker.grpo) over the completion tokens only (hint tokens are prompt); update
-`num_iterations` times. Rewards and hints are plug-ins from the `callbacks` package; this module hard-codes none.
+the clipped policy loss (msathinker.grpo) over the completion tokens (hint tokens are prompt, or with hint credit
+"policy" forced completion tokens under the unhinted prompt; msathinker.credit); update `num_iterations` times.
+Rewards and hints are plug-ins from the `callbacks` package; this module hard-codes none.
 """
 
 from __future__ import annotations
@@ -15,10 +16,20 @@ from typing import Any
 
 import torch
 
+from msathinker.credit import credit_forced_prefix, discrimination_token_count, forced_mask, span_masks
 from msathinker.dc_format import parse_completion, polarity_of
 from msathinker.evaluation import stable_hash
-from msathinker.grpo import group_advantages, group_reward_std, masked_mean, policy_loss
+from msathinker.group_buffer import GroupBuffer
+from msathinker.grpo import (
+    decoupled_advantages,
+    group_advantages,
+    group_reward_std,
+    masked_mean,
+    policy_loss,
+    token_advantages,
+)
 from msathinker.grpo_options import GRPOOptions
+from msathinker.hint_reliance import HintReliance
 from msathinker.hints import HintStrategy
 from msathinker.module import OmniPolicyModule
 from msathinker.plugins import default_hint, default_rewards
@@ -33,8 +44,8 @@ from msathinker.rollout import (
     split_prompt_media,
     unpadded_prompts,
 )
-from msathinker.rollouts import Rollout, Scores
-from msathinker.sharding import all_reduce_sum
+from msathinker.rollouts import Completions, Rollout, Scores
+from msathinker.sharding import all_gather_objects, all_reduce_sum
 
 # A checkpoint of step N holds the state after N optimizer steps, which is what `--ckpt_path` resumes from (tested
 # bit-exact); Lightning warns, with a 12-line example, at every save of a manual-optimization module that it does.
@@ -57,6 +68,8 @@ class HintGRPOModule(OmniPolicyModule):
     Attributes (besides OmniPolicyModule's):
         last_rollout: the last training step's `Rollout` (callbacks.RolloutTable logs it); None before the first.
         counters: groups and hinted groups so far, over all processes (kept in the checkpoint).
+        hint_reliance: the clips hinted so far and their unhinted accuracy since (logged at each validation, kept
+            in the checkpoint; msathinker.hint_reliance).
     """
 
     def __init__(
@@ -69,9 +82,14 @@ class HintGRPOModule(OmniPolicyModule):
         **kwargs: Any,
     ):
         super().__init__(policy, **kwargs)
-        if hint.use == "mix" and not 1 <= hint.num_unhinted < grpo.num_generations:
+        G = grpo.num_generations
+        if hint.use == "mix" and not 1 <= hint.num_unhinted < G:
+            raise ValueError(f"hint.num_unhinted must be in [1, {G - 1}] with use 'mix', got {hint.num_unhinted}")
+        if hint.baseline == "split" and not 2 <= hint.num_unhinted <= G - 2:
             raise ValueError(
-                f"hint.num_unhinted must be in [1, {grpo.num_generations - 1}] with use 'mix', got {hint.num_unhinted}"
+                f"hint.baseline 'split' takes the baseline apart over a group's {hint.num_unhinted} unhinted and "
+                f"{G - hint.num_unhinted} hinted completions, and each side needs at least 2: set "
+                f"hint.num_unhinted in [2, {G - 2}] (grpo.num_generations {G})"
             )
         if grpo.beta > 0 and policy.lora is None:
             raise ValueError(
@@ -86,7 +104,8 @@ class HintGRPOModule(OmniPolicyModule):
         self.seed = seed
         self.hint_generator = torch.Generator().manual_seed(seed)
         self.counters = {"groups": 0, "hinted_groups": 0}
-        self._group_buffer: list[list[tuple[Row, torch.Tensor]]] = []
+        self.group_buffer = GroupBuffer(grpo.max_buffer_staleness)
+        self.hint_reliance = HintReliance()
         self.last_rollout: Rollout | None = None
 
     # --- setup ----------------------------------------------------------------------------------------------------
@@ -119,6 +138,12 @@ class HintGRPOModule(OmniPolicyModule):
             )
         if self.data_info.has_targets:
             raise ValueError("Hint-GRPO samples its own completions: set data.init_args.targets to null")
+        if self.grpo.span_credit and self.data_info.output_format != "dc":
+            raise ValueError(
+                "grpo.span_credit splits each completion at its </discrimination>, and output_format "
+                f"{self.data_info.output_format!r} has none: set data.init_args.output_format dc, or "
+                "grpo.span_credit false"
+            )
         if not hasattr(self.trainer.datamodule, "connect"):
             raise ValueError(
                 f"{type(self.trainer.datamodule).__name__} has no connect(hint): Hint-GRPO's training batches carry "
@@ -152,12 +177,14 @@ class HintGRPOModule(OmniPolicyModule):
         rows: list[Row],
         regenerate: list[int],
         hinted_prompts: dict[str, list] | None,
+        prompts: list[torch.Tensor],
         media: list[PromptMedia],
         seeds: list[str],
         use_audio_in_video: bool,
     ) -> list[str]:
         """Replace the rows at `regenerate` by completions sampled from their clips' hinted prompts (built by the
-        collator); returns every row's assistant prefix (the prefix hint where hinted, else "")."""
+        collator); with hint credit "policy" they become completions of the plain `prompts` that start with the
+        forced tokens. Returns every row's assistant prefix (the prefix hint where hinted, else "")."""
         if hinted_prompts is None:
             raise ValueError(
                 f"{type(self.hint).__name__} chose groups to hint but the batch has no hinted prompts: set "
@@ -170,16 +197,17 @@ class HintGRPOModule(OmniPolicyModule):
             new_rows.append(Row(hinted_prompts["input_ids"][i // G], media[i // G]))
         self._sample(new_rows, [f"{seeds[i]}/hinted" for i in regenerate], use_audio_in_video)
         for i, row in zip(regenerate, new_rows, strict=True):
-            rows[i] = row
+            rows[i] = credit_forced_prefix(row, prompts[i // G]) if self.hint.credit == "policy" else row
         return prefixes
 
     def _score(
         self, rows: list[Row], prefixes: list[str], hinted: list[bool], ids: list[str], labels: list[float]
     ) -> Scores:
-        """Score each row's assistant text (its prefix hint + the decoded completion) against its label."""
+        """Score each row's assistant text (its prefix hint + the decoded sampled tokens) against its label."""
         tok, fmt, scale = self.processor.tokenizer, self.data_info.output_format, self.data_info.scale
         texts = [
-            p + tok.decode(r.completion_ids, skip_special_tokens=True) for r, p in zip(rows, prefixes, strict=True)
+            p + tok.decode(r.completion_ids[r.forced :], skip_special_tokens=True)
+            for r, p in zip(rows, prefixes, strict=True)
         ]
         samples = [
             RewardInput(cid, text, parse_completion(text, fmt), label, scale, h)
@@ -204,19 +232,22 @@ class HintGRPOModule(OmniPolicyModule):
         labels = [float(meta["label"][p]) for p in range(P) for _ in range(G)]
         rows = [Row(prompts[p], media[p]) for p in range(P) for _ in range(G)]
         seeds = [f"{self.seed}/{self.current_epoch}/{batch_idx}/{ids[i]}/{i % G}" for i in range(len(rows))]
-        hinted = [False] * len(rows)
+        hinted, prefixes = [False] * len(rows), [""] * len(rows)
         was_training = self.model.training
         self.model.eval()
         self._sample(rows, seeds, use_audio_in_video)
-        scores = self._score(rows, [""] * len(rows), hinted, ids, labels)
+        scores = self._score(rows, prefixes, hinted, ids, labels)
         std_before, reward_before = group_reward_std(scores.total, G), torch.nanmean(scores.total)
         chosen = self.hint.select(scores.correct.view(P, G), std_before, self.hint_generator)
+        self.hint_reliance.update(self.global_step, meta["id"], scores.correct.view(P, G), chosen)
         regenerate = [p * G + g for p in range(P) if chosen[p] for g in range(self.hint.num_unhinted, G)]
         # FSDP2: generate is a collective, so a rank with nothing to regenerate joins the others with a dummy row
         join_others = self.synced_generation and bool(all_reduce_sum(torch.tensor(float(len(regenerate)))) > 0)
         if regenerate:
             hinted_prompts = batch.get("hinted")
-            prefixes = self._resample_hinted(rows, regenerate, hinted_prompts, media, seeds, use_audio_in_video)
+            prefixes = self._resample_hinted(
+                rows, regenerate, hinted_prompts, prompts, media, seeds, use_audio_in_video
+            )
             hinted = [i in regenerate for i in range(len(rows))]
             scores = self._score(rows, prefixes, hinted, ids, labels)
         elif join_others:
@@ -239,6 +270,7 @@ class HintGRPOModule(OmniPolicyModule):
             reward_before=reward_before,
             hint_rate=chosen.float().mean(),
             use_audio_in_video=use_audio_in_video,
+            prefixes=prefixes,
             audio_tokens=audio_tokens,
         )
 
@@ -280,11 +312,11 @@ class HintGRPOModule(OmniPolicyModule):
         rewards differ, once a full batch of them is collected)."""
         rollout = self.rollout(batch, batch_idx)
         self.last_rollout = rollout
-        rows, rewards = rollout.rows, rollout.rewards
-        std_after = group_reward_std(rewards, self.grpo.num_generations)
+        completions: Completions | None = rollout.completions()
+        std_after = group_reward_std(rollout.rewards, self.grpo.num_generations)
         if self.grpo.dynamic_sampling:
-            rows, rewards = self._fill_from_buffer(rows, rewards, std_after, len(batch["meta"]["id"]))
-        metrics = None if rows is None else self._update(rows, rewards, rollout.use_audio_in_video)
+            completions = self._fill_from_buffer(completions, std_after, len(batch["meta"]["id"]))
+        metrics = None if completions is None else self._update(completions, rollout.use_audio_in_video)
         self._log_rollout_metrics(rollout, std_after)
         if metrics is not None:
             averages = {f"train/{k}": torch.stack(v).float().mean() for k, v in metrics.items()}
@@ -301,9 +333,10 @@ class HintGRPOModule(OmniPolicyModule):
                 ref = [self._logprobs(rows[s], use_audio_in_video)[0] for s in slices]
         return old, ref
 
-    def _update(self, rows: list[Row], rewards: torch.Tensor, use_audio_in_video: bool) -> dict[str, list]:
+    def _update(self, completions: Completions, use_audio_in_video: bool) -> dict[str, list]:
         """grpo.num_iterations optimizer steps on the completions; returns each micro-batch's loss metrics."""
-        advantages = self._advantages(rewards.float())
+        rows = completions.rows
+        token_advantage = self._token_advantages(completions)
         mask_rows = torch.ones(len(rows))
         if self.grpo.mask_truncated_completions:
             mask_rows = torch.tensor([0.0 if r.truncated else 1.0 for r in rows])
@@ -318,11 +351,12 @@ class HintGRPOModule(OmniPolicyModule):
             for k, s in enumerate(slices):
                 logp, mask, entropy = self._logprobs(rows[s], use_audio_in_video, with_entropy=True)
                 mask = mask * mask_rows[s, None].to(mask)
+                forced = forced_mask(rows[s], logp.shape[1]).to(logp.device) if self.hint.credit == "policy" else None
                 loss, step_metrics = policy_loss(
                     logp,
                     old[k],
                     ref[k],
-                    advantages[s].to(logp),
+                    token_advantage(s, logp.shape[1]).to(logp),
                     mask,
                     loss_type=self.grpo.loss_type,
                     eps_low=self.grpo.epsilon_low,
@@ -330,6 +364,8 @@ class HintGRPOModule(OmniPolicyModule):
                     beta=self.grpo.beta,
                     max_completion_length=self.grpo.max_completion_length,
                     num_items=num_items,
+                    forced=forced,
+                    gamma=self.hint.shaping_gamma,
                 )
                 if self.grpo.loss_type != "dapo":  # TRL divides per-micro-batch losses by the accumulation steps
                     loss = loss / len(slices)
@@ -347,28 +383,48 @@ class HintGRPOModule(OmniPolicyModule):
                 scheduler.step()
         return metrics
 
-    def _advantages(self, rewards: torch.Tensor) -> torch.Tensor:
-        """Advantages of this rank's completions, with the batch statistics ("batch" scale) over every rank's
-        rewards, as TRL gathers them; groups never span ranks."""
-        everyone = self.all_gather(rewards).reshape(-1)
-        start = self.global_rank * len(rewards) if len(everyone) > len(rewards) else 0
-        return group_advantages(everyone, self.grpo.num_generations, self.grpo.scale_rewards)[
-            start : start + len(rewards)
-        ]
+    def _token_advantages(self, completions: Completions):
+        """The advantages of the completions, as a function of a micro-batch (slice) and its token width: one per
+        completion, or per token with grpo.span_credit (each reward normalised on its own, on its span's tokens)."""
+        split = completions.hinted if self.hint.baseline == "split" else None
+        if not self.grpo.span_credit:
+            advantages = self._advantages(completions.rewards.float(), split)
+            return lambda s, width: advantages[s]
+        weights = torch.tensor([reward.weight for reward in self.rewards], dtype=torch.float64)
+        per_reward = self._advantages(completions.per_reward, split, weights)
+        tok, spans = self.processor.tokenizer, [reward.span for reward in self.rewards]
+        counts = [discrimination_token_count(tok, r.completion_ids) for r in completions.rows]
+        return lambda s, width: token_advantages(per_reward[s], span_masks(spans, counts[s], width))
 
-    def _fill_from_buffer(self, rows, rewards, std, prompts_per_step):
-        """Dynamic sampling: buffer the groups whose rewards differ; train once a full batch is collected."""
-        G = self.grpo.num_generations
-        for g in range(len(rows) // G):
-            if torch.nan_to_num(std[g], nan=0.0) > 0:
-                group = slice(g * G, (g + 1) * G)
-                self._group_buffer.append(list(zip(rows[group], rewards[group], strict=True)))
-        self.log("train/dynamic_sampling_buffer", float(len(self._group_buffer)), on_step=True, sync_dist=True)
-        short = all_reduce_sum(torch.tensor(float(len(self._group_buffer) < prompts_per_step)))
+    def _advantages(
+        self, rewards: torch.Tensor, split: torch.Tensor | None = None, weights: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Advantages of this rank's completions (N,), or per reward (N, K) with `weights`, with the batch
+        statistics ("batch" scale) over every rank's rewards, as TRL gathers them; groups never span ranks."""
+        n, G, scale = len(rewards), self.grpo.num_generations, self.grpo.scale_rewards
+        everyone = self.all_gather(rewards).reshape(-1, *rewards.shape[1:])
+        if split is not None:
+            split = self.all_gather(split.float()).reshape(-1) > 0.5
+        start = self.global_rank * n if len(everyone) > n else 0
+        if weights is None:
+            advantages = group_advantages(everyone, G, scale, split)
+        else:
+            advantages = decoupled_advantages(everyone, weights, G, scale, split)
+        return advantages[start : start + n]
+
+    def _fill_from_buffer(self, completions: Completions, std: torch.Tensor, prompts_per_step: int):
+        """Dynamic sampling: buffer the groups whose rewards differ (dropping those staler than
+        grpo.max_buffer_staleness); train on the oldest once a full batch is collected."""
+        buffer = self.group_buffer
+        dropped = buffer.add_varied(self.global_step, completions, std, self.grpo.num_generations)
+        logged = {"train/dynamic_sampling_buffer": float(len(buffer)), "train/dynamic_sampling_dropped": float(dropped)}
+        self.log_dict(logged, on_step=True, sync_dist=True)
+        short = all_reduce_sum(torch.tensor(float(len(buffer) < prompts_per_step)))
         if short > 0:  # every rank trains in the same steps (the gradient reduction is a collective)
-            return None, None
-        groups, self._group_buffer = self._group_buffer[:prompts_per_step], self._group_buffer[prompts_per_step:]
-        return [r for g in groups for r, _ in g], torch.stack([w for g in groups for _, w in g])
+            return None
+        completions, staleness = buffer.take(prompts_per_step, self.global_step)
+        self.log("train/dynamic_sampling_staleness", staleness.mean(), on_step=True, sync_dist=True)
+        return completions
 
     def _log_rollout_metrics(self, rollout: Rollout, std_after: torch.Tensor) -> None:
         means, failures, max_length = rollout.metrics(std_after)
@@ -377,11 +433,21 @@ class HintGRPOModule(OmniPolicyModule):
         self.log("train/completions/max_length", max_length, on_step=True, sync_dist=True, reduce_fx="max")
         self.log_dict({f"train/{k}": v for k, v in failures.items()}, on_step=True, sync_dist=True, reduce_fx="sum")
 
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        merged = HintReliance.merged(all_gather_objects(self.hint_reliance.state_dict()))
+        self.log_dict({f"val/hint_reliance/{k}": v for k, v in merged.metrics().items()}, sync_dist=True)
+
     # --- checkpoints ----------------------------------------------------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
-        checkpoint["hint_grpo"] = {"counters": dict(self.counters), "hint_generator": self.hint_generator.get_state()}
+        checkpoint["hint_grpo"] = {
+            "counters": dict(self.counters),
+            "hint_generator": self.hint_generator.get_state(),
+            "group_buffers": all_gather_objects(self.group_buffer.state_dict()),  # every rank's, in rank order
+            "hint_reliance": HintReliance.merged(all_gather_objects(self.hint_reliance.state_dict())).state_dict(),
+        }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_load_checkpoint(checkpoint)
@@ -389,3 +455,6 @@ class HintGRPOModule(OmniPolicyModule):
         if state is not None:
             self.counters = dict(state["counters"])
             self.hint_generator.set_state(state["hint_generator"])
+            self.group_buffer.load_rank_state(state.get("group_buffers", []), self.global_rank, self.trainer.world_size)
+            if "hint_reliance" in state:
+                self.hint_reliance.load_state_dict(state["hint_reliance"])

@@ -1,7 +1,9 @@
 """The hint interface of Hint-GRPO (docs/method.md, Hint): a strategy decides which groups of a step get a hint and
 how it is given; the module then regenerates those groups (all G completions with "replace", G - num_unhinted with
-"mix") from a hinted prompt. Hint tokens are prompt: never in the loss. The strategies themselves (NoHint,
-PolarityHint) live in `callbacks/hints.py` and are chosen in YAML:
+"mix") from a hinted prompt. How the hint is credited in the loss is the strategy's too: with `credit: prompt` the
+hint tokens are prompt, never in the loss; with `credit: policy` the tokens a prefix hint forced are trained as if
+the policy had sampled them from the unhinted prompt, with LUFFY's off-policy shaping (msathinker.grpo). The
+strategies themselves (NoHint, PolarityHint) live in `callbacks/hints.py` and are chosen in YAML:
 
     hint:
       class_path: callbacks.PolarityHint
@@ -23,6 +25,14 @@ class HintStrategy:
     placement: Literal["prefix", "prompt"] = "prefix"
     use: Literal["replace", "mix"] = "replace"
     num_unhinted: int = 0
+    credit: Literal["prompt", "policy"] = "prompt"
+    """"prompt": hint tokens are context only; "policy": the forced prefix tokens join the completion under the
+    unhinted prompt and are trained with the shaped off-policy term (needs placement "prefix")."""
+    shaping_gamma: float = 0.1
+    """gamma of the off-policy shaping f(p) = p / (p + gamma) of forced tokens (credit "policy")."""
+    baseline: Literal["group", "split"] = "group"
+    """With use "mix": the advantage baseline over the whole group ("group") or apart for its hinted and unhinted
+    completions ("split")."""
     gives_hints: bool = False
     """Whether `select` may choose a group. Only then do training batches carry the hinted prompts (one more
     processor call per clip); a strategy that overrides `select` sets it True."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 
@@ -40,6 +41,9 @@ class RewardInput:
     hinted: bool
 
 
+Span = Literal["all", "discrimination", "calibration"]
+
+
 class Reward:
     """Base class: implement `score` (one sample) or override `__call__` (a batch at once, e.g. a reward model).
 
@@ -48,6 +52,10 @@ class Reward:
     """
 
     name = "reward"
+    span: Span = "all"
+    """The completion tokens this reward's advantage goes to under DC span credit (grpo.span_credit):
+    "discrimination" (up to and including </discrimination>), "calibration" (everything after it: the calibration
+    and the answer) or "all". Without span credit every reward counts on every token."""
 
     def __init__(self, weight: float = 1.0):
         self.weight = weight

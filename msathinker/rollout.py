@@ -53,6 +53,8 @@ class Row:
     completion_ids: torch.Tensor | None = None
     truncated: bool = False
     """The completion hit max_completion_length without an EOS."""
+    forced: int = 0
+    """Leading completion tokens a hint forced instead of the policy sampling them (hint credit "policy")."""
 
 
 class MediaMismatchError(ValueError):

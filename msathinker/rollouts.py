@@ -1,5 +1,6 @@
-"""What a Hint-GRPO rollout produces: `Rollout`, one training batch's completions, hinted and scored, and `Scores`,
-the rewards of a batch of completions. The sampling and log-prob passes themselves are msathinker.rollout's."""
+"""What a Hint-GRPO rollout produces: `Rollout`, one training batch's completions, hinted and scored; `Scores`, the
+rewards of a batch of completions; and `Completions`, what an update trains on. The sampling and log-prob passes
+themselves are msathinker.rollout's."""
 
 from __future__ import annotations
 
@@ -44,8 +45,13 @@ class Rollout:
     """() share of the P groups the hint strategy chose."""
     use_audio_in_video: bool
     """The batch interleaves the audio with the video tokens: the log-prob passes must place them the same way."""
+    prefixes: list[str]
+    """P*G: the text a prefix hint forced at the start of each completion ("" where none)."""
     audio_tokens: torch.Tensor | None = None
     """(P,) audio placeholder tokens of each prompt (checked against its features); None without audio."""
+
+    def completions(self) -> Completions:
+        return Completions(self.rows, self.rewards, self.per_reward, self.hinted)
 
     def metrics(self, std_after: torch.Tensor) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor], torch.Tensor]:
         """The logged train metrics of this rollout, given each group's reward std after hinting: the means, the
@@ -85,3 +91,35 @@ class Scores:
     """Reward name -> completions it failed to score."""
     correct: torch.Tensor
     """(N,) bool: the completion's polarity (stated, else its score's band) is the label's."""
+
+
+@dataclass(frozen=True)
+class Completions:
+    """What an update trains on: N completions in consecutive groups of G (one prompt each), with their rewards.
+    Dynamic sampling collects them group by group (msathinker.group_buffer)."""
+
+    rows: list[Row]
+    """N: prompt ids, media, completion ids (forced hint tokens first under hint credit "policy")."""
+    rewards: torch.Tensor
+    """(N,) float64 weighted reward sums; NaN where every reward failed."""
+    per_reward: torch.Tensor
+    """(N, R) float64 each reward's value; NaN where it failed."""
+    hinted: torch.Tensor
+    """(N,) bool: sampled from the hinted prompt."""
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def group(self, index: int, size: int) -> Completions:
+        """The `index`-th group of `size` completions."""
+        part = slice(index * size, (index + 1) * size)
+        return Completions(self.rows[part], self.rewards[part], self.per_reward[part], self.hinted[part])
+
+    @staticmethod
+    def cat(parts: list[Completions]) -> Completions:
+        return Completions(
+            [row for part in parts for row in part.rows],
+            torch.cat([part.rewards for part in parts]),
+            torch.cat([part.per_reward for part in parts]),
+            torch.cat([part.hinted for part in parts]),
+        )
