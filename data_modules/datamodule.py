@@ -85,6 +85,11 @@ class MSADataModule(L.LightningDataModule):
         test_split: mode used for test.
         predict_split: mode used for predict.
         max_clips: keep only the first N clips of each split (quick runs); None keeps all.
+        slice_column: a label.csv column whose values cut the evaluated splits into slices: validation and test
+            also report every metric per value (`<stage>/<dataset>/<value>/<metric>`, the value lower-cased, e.g.
+            test/mosi/negative/MAE). MMSA's "annotation" holds Positive / Negative / Neutral; the demo marks its
+            sarcastic clips "Sarcastic" there. Clips with an empty value are in no slice. None: no slices. A name
+            that is not a column of label.csv is an error.
         batch_size: clips per training batch.
         eval_batch_size: clips per validation/test/predict batch (default: batch_size).
         num_workers: DataLoader worker processes; also the threads that decode media in the first pass.
@@ -117,6 +122,7 @@ class MSADataModule(L.LightningDataModule):
         test_split: str = "test",
         predict_split: str = "test",
         max_clips: int | None = None,
+        slice_column: str | None = "annotation",
         batch_size: int = 4,
         eval_batch_size: int | None = None,
         num_workers: int = 0,
@@ -242,7 +248,7 @@ class MSADataModule(L.LightningDataModule):
         messages about skipped rows. `report` logs the clips left out for want of a target."""
         h = self.hparams
         root = self.root
-        records, problems = read_label_table(root, self.scale, h.on_bad_clip)
+        records, problems = read_label_table(root, self.scale, h.on_bad_clip, h.slice_column)
         chosen = [r for r in records if r.mode == split][: h.max_clips]
         if not chosen:
             modes = sorted({r.mode for r in records})
@@ -322,6 +328,11 @@ class MSADataModule(L.LightningDataModule):
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader(self._built(self.hparams.predict_split, "predict"), self.eval_batch_size)
+
+    @property
+    def slices(self) -> dict[str, str]:
+        """Clip id -> its slice_column value, for the clips of the splits set up so far ("" values left out)."""
+        return {r.id: r.slice for dataset in self.datasets.values() for r in dataset.records if r.slice}
 
     @property
     def eval_batch_size(self) -> int:

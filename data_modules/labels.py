@@ -29,6 +29,8 @@ class ClipRecord:
     label: float
     mode: str
     path: Path
+    slice: str = ""
+    """The clip's value in the table's slice column (evaluation reports metrics per value); "" when none."""
 
 
 def clip_id_of(video_id: str, clip_id: str) -> str:
@@ -36,12 +38,13 @@ def clip_id_of(video_id: str, clip_id: str) -> str:
 
 
 def read_label_table(
-    root: Path, scale: Scale, on_bad_clip: Literal["error", "skip"] = "error"
+    root: Path, scale: Scale, on_bad_clip: Literal["error", "skip"] = "error", slice_column: str | None = None
 ) -> tuple[list[ClipRecord], list[str]]:
     """Parse and validate `root`/label.csv. Returns the good records and one message per skipped row.
 
-    Table-level problems (missing file or column) always raise; per-clip problems raise DataError unless
-    on_bad_clip == "skip", where they are returned as messages and the clip is left out.
+    Table-level problems (missing file or column, `slice_column` included) always raise; per-clip problems raise
+    DataError unless on_bad_clip == "skip", where they are returned as messages and the clip is left out. Each
+    record's `slice` is its `slice_column` value, stripped.
     """
     label_csv = root / "label.csv"
     if not label_csv.is_file():
@@ -59,6 +62,11 @@ def read_label_table(
     missing = [c for c in REQUIRED_COLUMNS if c not in (reader.fieldnames or [])]
     if missing:
         raise DataError(f"{label_csv}: missing column(s) {', '.join(missing)}; has {reader.fieldnames}")
+    if slice_column is not None and slice_column not in (reader.fieldnames or []):
+        raise DataError(
+            f"{label_csv}: no column {slice_column!r} to report metrics per slice of (data.init_args.slice_column); "
+            f"the table has {reader.fieldnames}: name one of them, or set slice_column: null"
+        )
     rows = list(reader)
     raw_root = (root / "Raw").resolve()
     problems: list[str] = []
@@ -96,7 +104,8 @@ def read_label_table(
         if mode not in MODES:
             bad(line, cid, f"mode {mode!r} is not one of {MODES}")
             continue
-        records.append(ClipRecord(cid, video_id, clip, row["text"] or "", label, mode, path))
+        part = (row[slice_column] or "").strip() if slice_column is not None else ""
+        records.append(ClipRecord(cid, video_id, clip, row["text"] or "", label, mode, path, part))
     if duplicated:  # which of two rows is right is unknown: with skip, drop every row of a duplicated id
         records = [r for r in records if r.id not in duplicated]
     return records, problems

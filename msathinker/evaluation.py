@@ -4,11 +4,15 @@ An LLM may answer with no number: such a completion is counted (parse_failure_ra
 documented `unparsed_score` policy (default 0.0, the neutral point of every scale) instead of being dropped, so
 every clip of the split is in the metrics. format_rate is the fraction of completions in the exact format;
 polarity_acc compares the completion's polarity (stated, or else the sign band of its score) with the label's.
+With slices (a label.csv column's value per clip, data.init_args.slice_column), every metric is also computed on
+the clips of each value alone, keyed "<value>/<metric>".
 """
 
 from __future__ import annotations
 
 import hashlib
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +58,12 @@ def generate_completions(
     return processor.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
 
 
+def slice_key(value: str) -> str:
+    """A slice value as it appears in metric names: lower-cased, runs of characters MLflow does not take in a
+    metric name (anything but letters, digits, "_", "-", "." and spaces) replaced by "_"."""
+    return re.sub(r"[^\w\-. ]+", "_", value.strip().lower(), flags=re.ASCII)
+
+
 def stable_hash(text: str) -> int:
     """A signed 64-bit integer of a string, the same in every process and Python run (unlike hash())."""
     return int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "little", signed=True)
@@ -69,6 +79,8 @@ class CompletionEvaluator(torchmetrics.Metric):
 
     prediction_scale: the label range the model answers on, when it differs from the evaluated dataset's
     (cross-domain); answers are mapped linearly to the dataset's range before scoring.
+    slices: clip id -> slice value (a label.csv column, MSADataModule.slices); compute() adds every metric per
+    value, keyed `slice_key(value)/<metric>`. A clip missing from it is in no slice.
     """
 
     full_state_update = False
@@ -79,13 +91,17 @@ class CompletionEvaluator(torchmetrics.Metric):
         output_format: Format = "dc",
         unparsed_score: float = 0.0,
         prediction_scale: ScaleName | None = None,
+        slices: Mapping[str, str] | None = None,
     ):
         super().__init__()
         self.scale = scale
         self.output_format = output_format
         self.unparsed_score = unparsed_score
         self.prediction_scale = SCALES[prediction_scale] if prediction_scale else scale
-        for name in ("keys", "predictions", "labels", "valid_format", "unparsed", "polarity_correct"):
+        self.slices = dict(slices or {})
+        self.slice_names = sorted(set(self.slices.values()))
+        names = ("keys", "predictions", "labels", "valid_format", "unparsed", "polarity_correct", "slice_index")
+        for name in names:
             self.add_state(name, default=[], dist_reduce_fx="cat")
         self.rows: list[dict[str, Any]] = []
         """The completions of this rank, for the completions table."""
@@ -116,6 +132,8 @@ class CompletionEvaluator(torchmetrics.Metric):
                 }
             )
         self.keys.append(torch.tensor([stable_hash(i) for i in ids], dtype=torch.int64, device=self.device))
+        index = [self.slice_names.index(self.slices[i]) if i in self.slices else -1 for i in ids]
+        self.slice_index.append(torch.tensor(index, dtype=torch.int64, device=self.device))
         self.labels.append(labels.detach().to(self.device, torch.float32))
         for name, value in values.items():  # float32 as MMSA's tensors (see msathinker.metrics)
             getattr(self, name).append(torch.tensor(value, dtype=torch.float32, device=self.device))
@@ -125,12 +143,22 @@ class CompletionEvaluator(torchmetrics.Metric):
         for position, key in enumerate(dim_zero_cat(self.keys).tolist()):
             first.setdefault(key, position)
         once = torch.tensor(list(first.values()), device=self.device)
-        predictions, labels = dim_zero_cat(self.predictions)[once], dim_zero_cat(self.labels)[once]
+        results = self._metrics(once)
+        slice_index = dim_zero_cat(self.slice_index)[once]
+        for j, name in enumerate(self.slice_names):
+            members = once[slice_index == j]
+            if len(members):
+                results.update({f"{slice_key(name)}/{k}": v for k, v in self._metrics(members).items()})
+        return results
+
+    def _metrics(self, positions: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every metric over the clips at `positions` of the gathered states."""
+        predictions, labels = dim_zero_cat(self.predictions)[positions], dim_zero_cat(self.labels)[positions]
         metrics = msa_metrics(predictions.cpu(), labels.cpu(), self.scale)
         results = {k: torch.tensor(v, dtype=torch.float32, device=self.device) for k, v in metrics.items()}
-        results["format_rate"] = dim_zero_cat(self.valid_format)[once].mean()
-        results["parse_failure_rate"] = dim_zero_cat(self.unparsed)[once].mean()
-        results["polarity_acc"] = dim_zero_cat(self.polarity_correct)[once].mean()
+        results["format_rate"] = dim_zero_cat(self.valid_format)[positions].mean()
+        results["parse_failure_rate"] = dim_zero_cat(self.unparsed)[positions].mean()
+        results["polarity_acc"] = dim_zero_cat(self.polarity_correct)[positions].mean()
         return results
 
     def reset(self) -> None:

@@ -9,7 +9,7 @@ hint counters and generator state in the checkpoint hooks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,9 @@ class DataInfo:
     processor_path: str
     """The checkpoint whose processor builds the batches (data.init_args.processor_path): it must be of the
     policy's model family."""
+    slices: dict[str, str] = field(default_factory=dict)
+    """Clip id -> its value in the data's slice column (data.init_args.slice_column): evaluation also reports every
+    metric per value. Empty: no slices."""
 
     @classmethod
     def of(cls, datamodule: L.LightningDataModule | None) -> DataInfo:
@@ -59,8 +62,9 @@ class DataInfo:
         try:
             h = datamodule.hparams
             return cls(
-                h.dataset, datamodule.scale, h.output_format, h.batch_size, h.targets is not None, h.processor_path
-            )
+                h.dataset, datamodule.scale, h.output_format, h.batch_size, h.targets is not None, h.processor_path,
+                getattr(datamodule, "slices", {}),
+            )  # fmt: skip
         except AttributeError as exc:
             raise TypeError(
                 f"{type(datamodule).__name__} lacks what the module reads from its data ({exc}): use "
@@ -170,7 +174,7 @@ class OmniPolicyModule(L.LightningModule):
     def _start_eval(self) -> None:
         data = self.data_info
         self.evaluator = CompletionEvaluator(
-            data.scale, data.output_format, self.unparsed_score, self.prediction_scale
+            data.scale, data.output_format, self.unparsed_score, self.prediction_scale, data.slices
         ).to(self.device)
 
     def _eval_step(self, batch: dict[str, Any]) -> None:

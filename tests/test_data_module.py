@@ -429,3 +429,22 @@ def test_the_real_path_imports_no_demo_code(tmp_path):
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_slice_column_values_and_a_missing_one(tiny_model, media_cache, dataset_copy):
+    root, rows = dataset_copy
+    rows[0]["annotation"] = " Sarcastic "
+    rows[1]["annotation"] = ""
+    write_table(root, rows)
+    dm = make_dm(tiny_model, media_cache, dataset="mosi", data_root=str(root))
+    dm.setup("fit")
+    ids = [f"{r['video_id']}$_${r['clip_id']}" for r in rows]
+    assert dm.slices[ids[0]] == "Sarcastic" and ids[1] not in dm.slices  # stripped; an empty value is no slice
+    assert dm.slices[ids[2]] == rows[2]["annotation"]
+    write_table(root, rows, [c for c in LABEL_COLUMNS if c != "annotation"])
+    with pytest.raises(DataError, match=r"label\.csv: no column 'annotation' to report metrics per slice of .* "
+                                        r"set slice_column: null"):  # fmt: skip
+        make_dm(tiny_model, media_cache, dataset="mosi", data_root=str(root)).setup("fit")
+    dm = make_dm(tiny_model, media_cache, dataset="mosi", data_root=str(root), slice_column=None)
+    dm.setup("fit")
+    assert dm.slices == {}

@@ -80,3 +80,14 @@ def test_generate_refuses_a_non_empty_directory(tmp_path):
     with pytest.raises(FileExistsError, match="not empty"):
         generate_demo_dataset(tmp_path / "x")
     assert (tmp_path / "x" / "keep.txt").read_text() == "mine"
+
+
+def test_sarcastic_clips_are_marked_in_the_annotation_column(demo_mosi):
+    """Evaluation's default slice column (annotation) tells the sarcastic clips apart; the others keep MMSA's
+    polarity words."""
+    rows = read_rows(demo_mosi)
+    clips = {(c.video_id, c.clip_id): c for c in sample_clips(DOMAINS["demo_mosi"], seed=0)}
+    for row in rows:
+        clip = clips[(row["video_id"], row["clip_id"])]
+        assert row["annotation"] == ("Sarcastic" if clip.sarcastic else clip.polarity.capitalize())
+    assert sum(r["annotation"] == "Sarcastic" and r["mode"] == "test" for r in rows) == 31

@@ -41,3 +41,19 @@ def test_a_clip_padded_onto_another_rank_counts_once():
         assert gathered[key].item() == value.item(), key  # rank 0's completion of clip 0 counts, once
     assert gathered["parse_failure_rate"].item() == pytest.approx(1 / 5)  # not 1 / 6
     assert [row["id"] for row in rank0.rows] == [IDS[0], IDS[2], IDS[4]]  # this rank's completions table
+
+
+def test_every_metric_per_slice_equals_the_metrics_of_its_clips_alone():
+    from msathinker.evaluation import slice_key
+
+    slices = {IDS[0]: "Sarcastic", IDS[1]: "Sarcastic", IDS[3]: "Positive", IDS[4]: "Positive"}  # clip 2: none
+    evaluator = CompletionEvaluator(MOSEI, slices=slices)
+    evaluator.update(IDS, COMPLETIONS, torch.tensor(LABELS))
+    results = evaluator.compute()
+    for name, members in (("sarcastic", [0, 1]), ("positive", [3, 4])):
+        alone = evaluate(members).compute()
+        for key, value in alone.items():
+            assert results[f"{name}/{key}"].item() == pytest.approx(value.item()), (name, key)
+    assert results["sarcastic/polarity_acc"].item() == 0.5 and results["positive/format_rate"].item() == 0.5
+    assert not any(key.startswith("/") for key in results)
+    assert slice_key(" Very Positive! ") == "very positive_"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from msathinker.assets import DC_PRETRAINED, TINY_MODELS, cache_dir, resolve_model_path
 
-ASSETS_VERSION = 3
+ASSETS_VERSION = 4
 
 
 def _build_once(target: Path, build) -> Path:

@@ -314,7 +314,7 @@ def generate_demo_dataset(
             writer.writerow(
                 [c.video_id, c.clip_id, c.text, _format_label(c.label)]
                 + (unimodal if DOMAINS[domain].unimodal_labels else ["", "", ""])
-                + [_annotation(c.polarity), c.mode]
+                + [_annotation(c), c.mode]
             )
     if out.exists():
         out.rmdir()
@@ -323,5 +323,7 @@ def generate_demo_dataset(
     return out
 
 
-def _annotation(polarity: str) -> str:
-    return polarity.capitalize()
+def _annotation(clip: DemoClip) -> str:
+    """MMSA's annotation column holds the polarity ("Positive", "Negative", "Neutral"); the demo marks its sarcastic
+    clips "Sarcastic" there instead, so evaluation's per-slice metrics (slice_column: annotation) show them apart."""
+    return "Sarcastic" if clip.sarcastic else clip.polarity.capitalize()
