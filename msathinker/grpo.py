@@ -242,7 +242,8 @@ def policy_loss(
         "kl" (when `ref_logp` is given), "clip_ratio/low_mean" = mean[(ratio < 1 - eps_low) & (A < 0)],
         "clip_ratio/high_mean" = mean[(ratio > 1 + eps_high) & (A > 0)], "clip_ratio/region_mean" = mean of either;
         with `forced`, "forced_token_prob" = mean exp(logp) over the active forced tokens (LUFFY's
-        off_policy_prob; 0 when there are none).
+        off_policy_prob) and "forced_token_min_prob" = the mean over completions with forced tokens of their least
+        likely forced token's exp(logp) (the hint's verdict word, usually); both 0 when there are none.
     TRL averages these over processes; a caller doing DDP reduces them itself.
     """
     if loss_type not in LOSS_TYPES:
@@ -308,7 +309,11 @@ def policy_loss(
         metrics["clip_ratio/high_mean"] = masked_mean(is_high.to(logp.dtype), mask_f)
         metrics["clip_ratio/region_mean"] = masked_mean((is_low | is_high).to(logp.dtype), mask_f)
         if forced is not None:
-            metrics["forced_token_prob"] = masked_mean(torch.exp(logp.detach()), mask_f * forced.to(logp.dtype))
+            probability, active = torch.exp(logp.detach()), forced & (mask_f > 0)
+            metrics["forced_token_prob"] = masked_mean(probability, active)
+            least = probability.masked_fill(~active, torch.inf).amin(-1)
+            rows = active.any(-1)
+            metrics["forced_token_min_prob"] = least[rows].mean() if rows.any() else logp.new_zeros(())
     return loss, metrics
 
 

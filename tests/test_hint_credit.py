@@ -41,7 +41,7 @@ def test_forced_tokens_get_luffys_shaped_term_by_hand():
     loss.backward()
     assert loss.item() == pytest.approx(-1.8)
     assert logp.grad[0].tolist() == pytest.approx([-0.16, -1.0])
-    assert metrics["forced_token_prob"].item() == pytest.approx(0.4)
+    assert metrics["forced_token_prob"].item() == metrics["forced_token_min_prob"].item() == pytest.approx(0.4)
     assert shaped_offpolicy_weight(torch.log(torch.tensor([0.4, 1.0])), 0.1).tolist() == pytest.approx([0.8, 1 / 1.1])
     with pytest.raises(ValueError, match="gamma must be > 0"):
         shaped_offpolicy_weight(torch.zeros(1), 0.0)

@@ -298,4 +298,7 @@ def test_rollout_table_is_logged_to_mlflow(tiny_model, tmp_path):
     tables = [a.path for a in client.list_artifacts(logger.run_id, "rollouts")]
     assert tables == ["rollouts/step000001.json", "rollouts/step000002.json"]
     table = client.load_table(logger.experiment_id, run_ids=[logger.run_id], artifact_file=tables[0])
-    assert len(table) == 3 and {"id", "completion", "hinted", "reward", "format"} <= set(table.columns)
+    assert len(table) == 3 and {"id", "completion", "hinted", "forced_prefix", "reward", "format"} <= set(table.columns)
+    for hinted, prefix, completion in zip(table["hinted"], table["forced_prefix"], table["completion"], strict=True):
+        assert hinted and prefix.startswith("<think>\n<discrimination> The overall sentiment is ")  # trigger always
+        assert completion.startswith(prefix)
