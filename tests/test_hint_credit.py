@@ -193,7 +193,7 @@ def test_hint_reliance_counts_clips_hinted_earlier_and_solved_since():
 def test_policy_credit_trains_forced_tokens_under_the_unhinted_prompt(omni_model, tmp_path):
     module = grpo_module(omni_model)
     module.hint = PolarityHint(trigger="always", use="mix", num_unhinted=2, credit="policy", baseline="split")
-    t = trainer(tmp_path, max_steps=1)
+    t = trainer(tmp_path, max_steps=1, limit_val_batches=1, val_check_interval=1)
     t.fit(module, datamodule=datamodule(omni_model, tmp_path))
     rollout = module.last_rollout
     plain = [rollout.rows[p * 4].prompt_ids for p in range(2)]
@@ -203,7 +203,16 @@ def test_policy_credit_trains_forced_tokens_under_the_unhinted_prompt(omni_model
         assert sample.completion.startswith(rollout.prefixes[i])
         if row.forced:
             assert rollout.prefixes[i].startswith("<think>\n<discrimination> The overall sentiment is ")
-    assert 0 < float(t.callback_metrics["train/forced_token_prob"]) < 1
+    assert (
+        0
+        < float(t.callback_metrics["train/forced_token_min_prob"])
+        <= float(t.callback_metrics["train/forced_token_prob"])
+        < 1
+    )
+    assert t.callback_metrics["val/hint_reliance/clips_hinted"] == 2  # both clips of the step, logged at validation
+    assert t.callback_metrics["val/hint_reliance/clips_resampled"] == 0
+    slices = {key.split("/")[2] for key in t.callback_metrics if key.endswith("/polarity_acc") and key.count("/") == 3}
+    assert slices and slices <= {"positive", "negative", "neutral", "sarcastic"}  # the demo's annotation values
 
 
 def test_span_credit_runs_a_step(tiny_dc, tmp_path):

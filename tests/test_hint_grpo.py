@@ -210,12 +210,13 @@ def test_resume_matches_an_uninterrupted_run(tiny_model, tmp_path):
         t = trainer(root, max_steps=steps, callbacks=[checkpoint], enable_checkpointing=True)
         t.fit(module, datamodule=datamodule(tiny_model, tmp_path), ckpt_path=ckpt_path)
         weights = {n: p.detach().clone() for n, p in module.model.named_parameters() if p.requires_grad}
-        return weights, dict(module.counters)
+        return weights, dict(module.counters), module.hint_reliance.state_dict()
 
-    straight, counters = run(tmp_path / "a", 3)
+    straight, counters, reliance = run(tmp_path / "a", 3)
     run(tmp_path / "b", 1)
-    resumed, resumed_counters = run(tmp_path / "b", 3, "last")
+    resumed, resumed_counters, resumed_reliance = run(tmp_path / "b", 3, "last")
     assert counters == resumed_counters == {"groups": 6, "hinted_groups": counters["hinted_groups"]}
+    assert reliance == resumed_reliance and reliance["first_hinted"]  # the hint history is in the checkpoint
     for name in straight:
         torch.testing.assert_close(resumed[name], straight[name], rtol=0, atol=0, msg=name)
 
