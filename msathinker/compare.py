@@ -317,7 +317,11 @@ def plot_comparison(runs: pd.DataFrame, tracking_uri: str, out: str | Path) -> P
     client = _client(tracking_uri)
     labels = _labels(runs)
     curves = [m for m in CURVES if f"metrics.{m}" in runs.columns and runs[f"metrics.{m}"].notna().any()]
-    bars = sorted(c for c in runs.columns if c.startswith("metrics.test/") and c.rsplit("/", 1)[-1] in BAR_METRICS)
+    bars = sorted(
+        c
+        for c in runs.columns
+        if c.startswith("metrics.test/") and c.count("/") == 2 and c.rsplit("/", 1)[-1] in BAR_METRICS  # no slices
+    )
     ncols = max(len(curves), 1)
     nrows = (1 if curves else 0) + (1 if bars else 0)
     fig = Figure(figsize=(4.5 * ncols, 3.8 * max(nrows, 1)), layout="constrained")

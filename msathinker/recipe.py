@@ -124,13 +124,13 @@ def _finite(value: Any) -> bool:
 
 
 def summary_table(results: dict[str, dict[str, float]]) -> str:
-    """Stages as rows, the key test metrics of every tested dataset as columns."""
+    """Stages as rows, the key test metrics of every tested dataset as columns (per-slice metrics are left out)."""
     columns = sorted(
         {
             k
             for stage in results.values()
             for k in stage
-            if k.startswith("test/") and k.rsplit("/", 1)[-1] in KEY_METRICS
+            if k.startswith("test/") and k.count("/") == 2 and k.rsplit("/", 1)[-1] in KEY_METRICS  # no slices
         }
     )
     rows = [["stage", *(c.removeprefix("test/") for c in columns)]]

@@ -168,3 +168,28 @@ def test_forward_backward_generate_on_a_demo_batch(tiny_model, tmp_path):
     new_tokens = generated[:, prompt["input_ids"].shape[1] :]
     assert new_tokens.shape[0] == 2 and new_tokens.shape[1] >= 1
     assert all(isinstance(t, str) for t in processor.batch_decode(new_tokens, skip_special_tokens=True))
+
+
+def test_a_first_use_on_any_rank_of_a_distributed_run_builds_a_whole_checkpoint(tmp_path):
+    """transformers writes model weights on rank 0 only when torch.distributed is initialized; a tiny checkpoint
+    first used by rank 1 (here the only rank to ask) must still get its config and weights."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import os, torch.distributed as dist\n"
+        f"store = dist.FileStore({str(tmp_path / 'store')!r}, 2)\n"
+        "dist.init_process_group('gloo', store=store, rank=int(os.environ['RANK']), world_size=2)\n"
+        "from msathinker.demo.assets import tiny_checkpoint\n"
+        "if dist.get_rank() == 1:\n"
+        "    print(tiny_checkpoint('tiny'))\n"
+        "dist.barrier()\n"
+    )
+    env = {**os.environ, "MSATHINKER_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+    ranks = [subprocess.Popen([sys.executable, "-c", code], env={**env, "RANK": str(r)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for r in (0, 1)]  # fmt: skip
+    outputs = [rank.communicate(timeout=600) for rank in ranks]
+    assert all(rank.returncode == 0 for rank in ranks), outputs[1][1][-3000:]
+    built = Path(outputs[1][0].strip().splitlines()[-1])
+    assert (built / "config.json").is_file() and (built / "model.safetensors").is_file()

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from msathinker.assets import DC_PRETRAINED, TINY_MODELS, cache_dir, resolve_model_path
@@ -46,6 +48,12 @@ def tiny_checkpoint(alias: str) -> Path:
     from msathinker.demo import tiny
 
     target = cache_dir() / f"v{ASSETS_VERSION}" / f"model-{alias}"
+    if not target.exists() and _in_distributed_run():
+        # transformers' save_pretrained writes the weights on rank 0 only, and any rank may win the build lock:
+        # build in a process of its own (which takes the lock, so the ranks still build it once)
+        code = f"from msathinker.demo.assets import tiny_checkpoint; tiny_checkpoint({alias!r})"
+        subprocess.run([sys.executable, "-c", code], check=True)
+        return target
     if alias in TINY_MODELS:
         family, preset, tokenizer = TINY_MODELS[alias]
         return _build_once(
@@ -55,3 +63,8 @@ def tiny_checkpoint(alias: str) -> Path:
         raise ValueError(f"unknown tiny model {alias!r}; choose from {sorted([*TINY_MODELS, *DC_PRETRAINED])}")
     base = resolve_model_path(DC_PRETRAINED[alias])
     return _build_once(target, lambda tmp: tiny.write_dc_pretrained_checkpoint(tmp, base))
+
+
+def _in_distributed_run() -> bool:
+    torch = sys.modules.get("torch")  # not imported: not distributed
+    return torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized()
