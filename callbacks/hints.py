@@ -62,14 +62,13 @@ class PolarityHint(HintStrategy):
         shaping_gamma: float = 0.1,
         baseline: Literal["group", "split"] = "group",
     ):
-        if trigger not in ("no_correct_polarity", "zero_std", "always", "fraction"):
-            raise ValueError(f"unknown trigger {trigger!r}")
+        _check_choice("trigger", trigger, ("no_correct_polarity", "zero_std", "always", "fraction"))
+        _check_choice("credit", credit, ("prompt", "policy"))
+        _check_choice("baseline", baseline, ("group", "split"))
         if not 0.0 <= fraction <= 1.0:
             raise ValueError(f"fraction must be in [0, 1], got {fraction}")
         if use == "mix" and num_unhinted < 1:
             raise ValueError("use 'mix' keeps num_unhinted >= 1 unhinted completions per group")
-        if credit not in ("prompt", "policy"):
-            raise ValueError(f"unknown hint credit {credit!r}; choose prompt or policy")
         if credit == "policy" and placement != "prefix":
             raise ValueError(
                 f"hint credit 'policy' trains the tokens the hint forces, and placement {placement!r} forces none "
@@ -77,8 +76,6 @@ class PolarityHint(HintStrategy):
             )
         if shaping_gamma <= 0:
             raise ValueError(f"shaping_gamma must be > 0, got {shaping_gamma}")
-        if baseline not in ("group", "split"):
-            raise ValueError(f"unknown baseline {baseline!r}; choose group or split")
         if baseline == "split" and use != "mix":
             raise ValueError(
                 f"baseline 'split' takes the hinted and unhinted completions of a group apart, and use {use!r} "
@@ -103,3 +100,9 @@ class PolarityHint(HintStrategy):
         if self.trigger == "always":
             return torch.ones(len(reward_std), dtype=torch.bool)
         return torch.rand(len(reward_std), generator=generator) < self.fraction
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    """jsonargparse checks the Literal types from YAML; a strategy built in Python is checked here."""
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
