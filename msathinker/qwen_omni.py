@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-CHECKED_WITH = {"transformers": "5.24.0", "torch": "2.14.1"}
+CHECKED_WITH = {"transformers": "5.25.0", "torch": "2.14.1"}
 """The releases these functions were checked against (tests/test_qwen_omni.py compares them with the installed)."""
 
 FAMILIES = {
